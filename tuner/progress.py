@@ -1,0 +1,40 @@
+"""A progress bar for `tuner run`: trials finished out of n_trials, and the best LR per batch size."""
+from __future__ import annotations
+
+import sys
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from tuner.summary import BatchSummary, summarize
+from tuner.trials import BATCH_SIZE, ERROR, LR, count_finished
+
+
+class TrialProgress:
+    """An Optuna callback that draws the bar (on a terminal) and reports failed trials (always)."""
+
+    def __init__(self, study: optuna.Study, n_trials: int, batch_sizes: list[int]) -> None:
+        self._maximize = study.direction == StudyDirection.MAXIMIZE
+        self._rows = {r.batch_size: r for r in summarize(study, batch_sizes)}
+        self._bar = tqdm(total=n_trials, initial=min(count_finished(study), n_trials), unit="trial",
+                         desc=study.study_name, file=sys.stderr, disable=None, dynamic_ncols=True)
+        self._show_best()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        batch_size = trial.params.get(BATCH_SIZE)
+        if batch_size is not None:
+            self._rows.setdefault(batch_size, BatchSummary(batch_size)).add(trial, self._maximize)
+        if trial.state == TrialState.FAIL:
+            tqdm.write(f"trial {trial.number} failed (batch {batch_size}, lr {trial.params.get(LR, float('nan')):.3g}): "
+                       f"{trial.user_attrs.get(ERROR, 'interrupted')}", file=sys.stderr)
+        self._bar.n = min(count_finished(study), self._bar.total)
+        self._show_best()
+
+    def _show_best(self) -> None:
+        best = " ".join(f"{b}:{r.best_lr:.2g}" for b, r in sorted(self._rows.items()) if r.best_lr is not None)
+        self._bar.set_postfix_str(f"best lr {best}" if best else "", refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()

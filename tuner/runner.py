@@ -1,0 +1,134 @@
+"""Run a study: create or resume it in the storage, then train trials until ``n_trials`` have finished.
+
+The spec is stored on the study (user attribute ``tuner_spec``) so that a resumed run can be
+checked against it, and ``tuner worker`` can join with nothing but the study's name.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner, MedianPruner, NopPruner
+from optuna.samplers import RandomSampler, TPESampler
+from optuna.storages import BaseStorage
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import InputError
+from tuner.search import BatchSizePruner, BatchSizeSampler
+from tuner.spec import StudySpec, parse_spec
+from tuner.trials import BATCH_SIZE, ERROR, FINISHED, LR, count_finished
+from tuner.workload import Workload, run_trial, trial_seed
+
+SPEC_ATTR = "tuner_spec"
+# a workload that fails this many trials in a row is broken, not unlucky: stop and say why
+MAX_CONSECUTIVE_FAILURES = 5
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class WorkloadFailing(RuntimeError):
+    """Every recent trial failed: the workload itself is broken."""
+
+
+def stored_spec(study: optuna.Study) -> StudySpec | None:
+    data = study.user_attrs.get(SPEC_ATTR)
+    return None if data is None else parse_spec(data, source=f"study '{study.study_name}'")
+
+
+def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
+    """Create the spec's study, or load it and check that this spec may continue it."""
+    study = _create_or_load(spec.study.name, storage, spec.study.direction)
+    previous = stored_spec(study)
+    if previous is None and study.trials:
+        raise InputError(f"study '{spec.study.name}' exists but was not made by `tuner run`; "
+                         "choose another name with --study-name")
+    if previous is not None:
+        spec.check_continues(previous)
+    if previous != spec:
+        study.set_user_attr(SPEC_ATTR, spec.to_stored())
+    study.sampler = make_sampler(spec, stream=len(study.trials))
+    study.pruner = make_pruner(spec)
+    return study
+
+
+def _create_or_load(name: str, storage: BaseStorage, direction: str) -> optuna.Study:
+    # Several workers may start at once: whoever loses the creation race loads the winner's study.
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=name, storage=storage, direction=direction)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # the winner has not finished writing it yet
+            time.sleep(0.05 * 2**attempt)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def make_sampler(spec: StudySpec, stream: int = 0) -> BatchSizeSampler:
+    """The spec's sampler; ``stream`` keeps a resumed run from replaying the first run's draws."""
+    search = spec.search
+    seed = int(np.random.SeedSequence([spec.study.seed, stream]).generate_state(1)[0])
+    if search.sampler == "tpe":
+        lr_sampler = TPESampler(n_startup_trials=search.startup_trials, constant_liar=True, seed=seed)
+    else:
+        lr_sampler = RandomSampler(seed=seed)
+    return BatchSizeSampler(search.batch_sizes, lr_sampler=lr_sampler,
+                            n_startup_trials=search.startup_trials, seed=seed)
+
+
+def make_pruner(spec: StudySpec) -> BasePruner:
+    search = spec.search
+    if search.pruner == "none":
+        return NopPruner()
+    return BatchSizePruner(MedianPruner(n_startup_trials=search.pruner_startup_trials,
+                                        n_warmup_steps=search.pruner_warmup_samples))
+
+
+def objective_for(spec: StudySpec, workload: Workload) -> Callable[[optuna.Trial], float]:
+    sizes, (low, high) = spec.search.batch_sizes, spec.search.lr
+
+    def objective(trial: optuna.Trial) -> float:
+        # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
+        batch_size = trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True)
+        lr = trial.suggest_float(LR, low, high, log=True)
+        return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
+
+    return objective
+
+
+def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
+              callbacks: Sequence[Callback] = ()) -> None:
+    """Train trials until the study (from ``open_study``) holds ``spec.study.n_trials`` finished
+    ones, counting every worker's. Raises WorkloadFailing when MAX_CONSECUTIVE_FAILURES trials
+    fail in a row.
+    """
+    if count_finished(study) >= spec.study.n_trials:
+        return
+    guard = _FailureGuard(MAX_CONSECUTIVE_FAILURES)
+    stop_at_target = MaxTrialsCallback(spec.study.n_trials, states=FINISHED)
+    study.optimize(objective_for(spec, workload), catch=(Exception,),
+                   callbacks=[stop_at_target, guard, *callbacks])
+    guard.raise_if_tripped()
+
+
+class _FailureGuard:
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row, self.last_error = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.last_error = trial.user_attrs.get(ERROR, "unknown error")
+        if self.in_a_row >= self.limit:
+            study.stop()
+
+    def raise_if_tripped(self) -> None:
+        if self.in_a_row >= self.limit:
+            raise WorkloadFailing(f"stopped: the last {self.in_a_row} trials failed; "
+                                  f"the latest with {self.last_error}")

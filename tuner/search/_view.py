@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.trials import BATCH_SIZE, is_diverged
+
+
+class BatchSizeView:
+    """A study seen through one batch size: an Optuna sampler or pruner handed this view learns
+    from, and compares against, that batch size's trials only.
+
+    Diverged trials show without their intermediate values, so that TPE ranks them below every
+    trial that ran, instead of by the finite values they reported before blowing up.
+    """
+
+    def __init__(self, study: optuna.Study, batch_size: int) -> None:
+        self._study = study
+        self._batch_size = batch_size
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def get_trials(self, deepcopy: bool = True,
+                   states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._keep(self._study.get_trials(deepcopy=deepcopy, states=states))
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        return self._keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
+
+    def _keep(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+        return [_without_reports(t) if is_diverged(t) else t
+                for t in trials if t.params.get(BATCH_SIZE) == self._batch_size]
+
+
+def _without_reports(trial: FrozenTrial) -> FrozenTrial:
+    return FrozenTrial(number=trial.number, state=trial.state, value=None,
+                       datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+                       params=trial.params, distributions=trial.distributions,
+                       user_attrs=trial.user_attrs, system_attrs=trial.system_attrs,
+                       intermediate_values={}, trial_id=trial._trial_id)

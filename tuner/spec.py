@@ -1,0 +1,194 @@
+"""Study files: TOML with [study], [search] and [workload] tables, validated when loaded.
+
+    [study]
+    name = "digits-mlp-sgd"   # required
+    n_trials = 120            # finished trials (complete + pruned) to reach, across all workers
+    [search]
+    lr = [1e-4, 2.0]          # log-uniform learning-rate range
+    batch_sizes = [8, 16, 32, 64, 128, 256, 512]
+    [workload]
+    target = "digits-mlp"     # built-in name, or "module:callable"; other keys reach it as run.options
+
+Every key is checked (type, range) and an unknown key is an error, so a typo is never ignored.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tuner.errors import InputError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Table(BaseModel):
+    # strict: TOML is typed, so "8" or true where a number belongs is a mistake, not something to coerce
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StudyTable(_Table):
+    name: str
+    n_trials: PositiveInt
+    direction: Literal["minimize", "maximize"] = "minimize"
+    seed: NonNegativeInt = 0
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must not be blank")
+        return name
+
+
+class SearchTable(_Table):
+    lr: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
+    sampler: Literal["tpe", "random"] = "tpe"
+    startup_trials: NonNegativeInt = 4
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: NonNegativeInt = 4
+    pruner_warmup_samples: NonNegativeInt = 0
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _a_pair(cls, lr: Any) -> Any:
+        if not isinstance(lr, list) or len(lr) != 2:
+            raise ValueError(f"expected [low, high], got {lr!r}")
+        return lr
+
+    @field_validator("lr")
+    @classmethod
+    def _low_below_high(cls, lr: list[float]) -> list[float]:
+        if not lr[0] < lr[1]:
+            raise ValueError(f"needs low < high, got [{lr[0]:g}, {lr[1]:g}]")
+        return lr
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _distinct_ascending(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"lists a batch size twice: {sizes}")
+        return sorted(sizes)
+
+
+class WorkloadTable(BaseModel):
+    # Keys other than target are the workload's own options (run.options); built-in workloads
+    # validate theirs when the workload is loaded.
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    target: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class StudySpec(_Table):
+    study: StudyTable
+    search: SearchTable
+    workload: WorkloadTable
+
+    def to_stored(self) -> dict[str, Any]:
+        """Plain JSON for the study's user attributes (the spec travels with the study)."""
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, *, name: str | None = None, n_trials: int | None = None) -> "StudySpec":
+        study = self.study.model_dump()
+        if name is not None:
+            study["name"] = name
+        if n_trials is not None:
+            study["n_trials"] = n_trials
+        return parse_spec({**self.to_stored(), "study": study}, source="command line")
+
+    def check_continues(self, stored: "StudySpec") -> None:
+        """Raise InputError unless this spec can resume a study run with ``stored``.
+
+        The workload and direction must match; the search may only grow (more batch sizes, a wider
+        LR range), so every finished trial stays inside the search space.
+        """
+        name = self.study.name
+        if self.workload != stored.workload:
+            raise InputError(
+                f"study '{name}' was run with workload {_show(stored.workload)}, this spec has "
+                f"{_show(self.workload)}; use a new study name (--study-name) for a different workload"
+            )
+        if self.study.direction != stored.study.direction:
+            raise InputError(f"study '{name}' was run to {stored.study.direction} the metric, "
+                             f"this spec says {self.study.direction}")
+        dropped = sorted(set(stored.search.batch_sizes) - set(self.search.batch_sizes))
+        if dropped:
+            raise InputError(f"study '{name}' has trials at batch sizes {dropped} that this spec drops; "
+                             "batch sizes may be added on resume, not removed")
+        (low, high), (old_low, old_high) = self.search.lr, stored.search.lr
+        if low > old_low or high < old_high:
+            raise InputError(f"study '{name}' searched lr in [{old_low:g}, {old_high:g}]; this spec's "
+                             f"[{low:g}, {high:g}] does not cover it (the range may grow, not shrink)")
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raises InputError naming the file, key and problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such study file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: dict[str, Any], source: str = "study spec") -> StudySpec:
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise InputError(f"{source}: {_describe(e)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    """The first problem as one line: '[search] batch_sizes[2]: must be > 0, got 0'."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    where = _location(first["loc"])
+    kind, given = first["type"], first.get("input")
+    if kind == "missing":
+        text = f"{where}: required {'table' if len(first['loc']) == 1 else 'key'} is missing"
+    elif kind == "extra_forbidden":
+        text = f"{where}: unknown key{_known_keys(first['loc'])}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        text = f"{where}: {message[:1].lower()}{message[1:]}"
+        if kind != "value_error":
+            text += f", got {given!r}"
+    more = len(problems) - 1
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    if not loc:
+        return "study file"
+    table, *rest = loc
+    if not rest:
+        return f"[{table}]"
+    where = f"[{table}] {rest[0]}"
+    return where + "".join(f"[{i}]" for i in rest[1:])
+
+
+_TABLES = {"study": StudyTable, "search": SearchTable, "workload": WorkloadTable}
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    if len(loc) == 1:
+        return f" (tables are {', '.join(f'[{t}]' for t in _TABLES)})"
+    table = _TABLES.get(loc[0])
+    return f" (known keys: {', '.join(table.model_fields)})" if table else ""
+
+
+def _show(workload: WorkloadTable) -> str:
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(workload.options.items()))
+    return f"'{workload.target}'" + (f" ({options})" if options else "")

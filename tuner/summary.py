@@ -1,0 +1,57 @@
+"""Per-batch-size counts and best learning rate of a study: what `tuner run` and `tuner studies` show."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.trials import BATCH_SIZE, LR, Outcome, outcome_of
+
+
+@dataclass
+class BatchSummary:
+    batch_size: int
+    complete: int = 0
+    pruned: int = 0
+    diverged: int = 0
+    failed: int = 0
+    running: int = 0
+    best_lr: float | None = None
+    best_value: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.diverged
+
+    def add(self, trial: FrozenTrial, maximize: bool) -> None:
+        outcome = outcome_of(trial)
+        if outcome is None:
+            self.running += trial.state == TrialState.RUNNING
+            return
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)  # fields are named by outcome
+        if outcome == Outcome.COMPLETE and trial.value is not None and (
+                self.best_value is None or (trial.value > self.best_value) == maximize):
+            self.best_lr, self.best_value = trial.params[LR], trial.value
+
+
+def summarize(study: optuna.Study, batch_sizes: list[int] | None = None) -> list[BatchSummary]:
+    """One row per batch size (those given, and any that trials used), ascending."""
+    rows = {b: BatchSummary(b) for b in batch_sizes or []}
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    for trial in study.get_trials(deepcopy=False):
+        batch_size = trial.params.get(BATCH_SIZE)
+        if batch_size is not None:
+            rows.setdefault(batch_size, BatchSummary(batch_size)).add(trial, maximize)
+    return [rows[b] for b in sorted(rows)]
+
+
+def format_table(rows: list[BatchSummary]) -> str:
+    header = f"{'batch':>7} {'complete':>8} {'pruned':>6} {'diverged':>8} {'failed':>6}  {'best lr':>9}  {'best value':>10}"
+    lines = [header]
+    for r in rows:
+        best_lr = f"{r.best_lr:9.3g}" if r.best_lr is not None else f"{'-':>9}"
+        best = f"{r.best_value:10.4g}" if r.best_value is not None else f"{'-':>10}"
+        lines.append(f"{r.batch_size:>7} {r.complete:>8} {r.pruned:>6} {r.diverged:>8} {r.failed:>6}  {best_lr}  {best}")
+    return "\n".join(lines)

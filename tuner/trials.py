@@ -1,0 +1,52 @@
+"""What a trial of a tuner study holds: the hand-off between `tuner run` and everything after it.
+
+Parameters ``batch_size`` (an int, log scale) and ``lr`` (a float, log scale). The state is Optuna's
+own; user attributes say what happened in terms a person reads in optuna-dashboard:
+
+* ``outcome``: ``complete`` (value is the final metric), ``pruned`` (stopped by the pruner),
+  ``diverged`` (NaN/inf or FloatingPointError; stored as PRUNED so it counts as finished and Optuna
+  tools treat it as a bad trial, without a sentinel value squashing the plots) or ``failed``.
+* ``samples``: training samples seen, the largest step the workload reported.
+* ``error``: for a failed trial, the exception and where it was raised.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+BATCH_SIZE = "batch_size"
+LR = "lr"
+OUTCOME = "outcome"
+SAMPLES = "samples"
+ERROR = "error"
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+
+def outcome_of(trial: FrozenTrial) -> Outcome | None:
+    """The trial's outcome; None while it runs. Trials written by plain Optuna get one from their state."""
+    if OUTCOME in trial.user_attrs:
+        return Outcome(trial.user_attrs[OUTCOME])
+    return {
+        TrialState.COMPLETE: Outcome.COMPLETE,
+        TrialState.PRUNED: Outcome.PRUNED,
+        TrialState.FAIL: Outcome.FAILED,
+    }.get(trial.state)
+
+
+def is_diverged(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(OUTCOME) == Outcome.DIVERGED
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that count towards ``n_trials``: complete and pruned (diverged included), all workers."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

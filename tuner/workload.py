@@ -1,0 +1,188 @@
+"""The workload contract: ``train(run) -> float``, and running one trial of it.
+
+A workload trains with ``run.lr`` and ``run.batch_size``, calls ``run.report(step, value)`` where
+``step`` counts the training samples seen so far (so different batch sizes are compared at equal
+data), and returns the final metric. ``report`` raises ``optuna.TrialPruned`` when the trial should
+stop. NaN/inf (reported or returned) or ``FloatingPointError`` means the run diverged: the trial is
+kept, because a diverged learning rate bounds the optimum from above.
+
+A workload can be tried without a study::
+
+    >>> from tuner import Run
+    >>> from tuner.workloads.quadratic import train
+    >>> loss = train(Run(lr=0.05, batch_size=32))
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import numpy as np
+import optuna
+from pydantic import BaseModel, ValidationError
+
+from tuner import trials
+from tuner.errors import InputError
+from tuner.spec import StudySpec
+from tuner.trials import Outcome
+
+TrainFn = Callable[["Run"], float]
+
+
+class TrialDiverged(optuna.TrialPruned):
+    """Raised by ``Run.report`` on a NaN/inf value: the run stops and is recorded as diverged."""
+
+
+class Run:
+    """One training run: what the workload reads, and where it reports progress."""
+
+    def __init__(self, lr: float, batch_size: int, seed: int = 0,
+                 options: Mapping[str, Any] | None = None, trial: optuna.Trial | None = None):
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.options = MappingProxyType(dict(options or {}))
+        self.samples_seen = 0
+        self.reports: list[tuple[int, float]] = []
+        self._trial = trial
+
+    def report(self, step: int, value: float) -> None:
+        """Record the metric after ``step`` training samples; raises optuna.TrialPruned to stop."""
+        if isinstance(step, bool) or not float(step).is_integer() or step < 0:
+            raise ValueError(f"run.report: step counts samples seen, a non-negative integer; got {step!r}")
+        step, value = int(step), float(value)
+        if not math.isfinite(value):
+            raise TrialDiverged(f"metric was {value} after {step} samples")
+        self.samples_seen = max(self.samples_seen, step)
+        self.reports.append((step, value))
+        if self._trial is not None:
+            self._trial.report(value, step)
+            if self._trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after {step} samples")
+
+    def __repr__(self) -> str:
+        return f"Run(lr={self.lr:.4g}, batch_size={self.batch_size}, seed={self.seed})"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A resolved ``[workload]`` table: the callable and the options it receives."""
+
+    target: str
+    train: TrainFn
+    options: Mapping[str, Any]
+
+
+def load_workload(spec: StudySpec, spec_dir: str | Path | None = None) -> Workload:
+    """Import the spec's target and validate its options; raises InputError on any problem.
+
+    The spec file's folder and the working directory are importable, so a ``train.py`` beside
+    the study file is found as ``target = "train:main"``.
+    """
+    from tuner.workloads import BUILTIN
+
+    for folder in (Path.cwd(), Path(spec_dir) if spec_dir else None):
+        if folder is not None and str(folder.resolve()) not in sys.path:
+            sys.path.insert(0, str(folder.resolve()))
+    target, options = spec.workload.target, spec.workload.options
+    module, train = _import_target(target, BUILTIN.get(target, target))
+    if target in BUILTIN:  # built-ins declare their options, so a misspelt option is caught here
+        options = _validate_options(target, module.Options, options)
+    return Workload(target=target, train=train, options=MappingProxyType(options))
+
+
+def _import_target(target: str, reference: str) -> tuple[ModuleType, TrainFn]:
+    from tuner.workloads import BUILTIN
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise InputError(f"[workload] target: unknown workload {target!r}; use a built-in name "
+                         f"({', '.join(BUILTIN)}) or 'module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise InputError(f"[workload] target {target!r}: no module named {e.name!r} (looked in the "
+                             "study file's folder, the working directory and sys.path)") from None
+        raise InputError(f"[workload] target {target!r}: importing {module_name} failed: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any import-time failure of user code is bad input here
+        raise InputError(f"[workload] target {target!r}: importing {module_name} failed: "
+                         f"{type(e).__name__}: {e}") from None
+    train = getattr(module, attribute, None)
+    if train is None:
+        raise InputError(f"[workload] target {target!r}: module {module_name} has no attribute {attribute!r}")
+    if not callable(train):
+        raise InputError(f"[workload] target {target!r}: {attribute} is not callable")
+    return module, train
+
+
+def _validate_options(target: str, model: type[BaseModel], options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return model.model_validate(options).model_dump()
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            message = f"unknown option for {target} (known: {', '.join(model.model_fields)})"
+        else:
+            message = f"{first['msg'][:1].lower()}{first['msg'][1:]}, got {first.get('input')!r}"
+        raise InputError(f"[workload] {key}: {message}") from None
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A well-mixed seed per trial: reproducible, and different for every trial of the study."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: float, seed: int) -> float:
+    """Train once and record what happened on the trial (see ``tuner.trials``).
+
+    Diverged runs end as PRUNED with outcome ``diverged``; other exceptions propagate after the
+    error is stored, so Optuna fails the trial and the study goes on.
+    """
+    run = Run(lr=lr, batch_size=batch_size, seed=seed, options=workload.options, trial=trial)
+    try:
+        value = workload.train(run)
+        value = _as_metric(value)
+    except (TrialDiverged, FloatingPointError) as e:
+        _record(trial, run, Outcome.DIVERGED)
+        raise optuna.TrialPruned(f"diverged: {e}") from e
+    except optuna.TrialPruned:
+        _record(trial, run, Outcome.PRUNED)
+        raise
+    except Exception as e:
+        _record(trial, run, Outcome.FAILED, error=describe_exception(e))
+        raise
+    _record(trial, run, Outcome.COMPLETE)
+    return value
+
+
+def _as_metric(value: Any) -> float:
+    try:
+        metric = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"train(run) returned {value!r}; it must return the final metric as a number") from None
+    if not math.isfinite(metric):
+        raise TrialDiverged(f"final metric was {metric}")
+    return metric
+
+
+def _record(trial: optuna.Trial, run: Run, outcome: Outcome, error: str | None = None) -> None:
+    trial.set_user_attr(trials.OUTCOME, outcome.value)
+    trial.set_user_attr(trials.SAMPLES, run.samples_seen)
+    if error is not None:
+        trial.set_user_attr(trials.ERROR, error)
+
+
+def describe_exception(error: BaseException) -> str:
+    """'ValueError: bad shape (model.py:42)': the message and the innermost frame that raised it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"

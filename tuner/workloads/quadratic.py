@@ -1,0 +1,113 @@
+"""The noisy quadratic model (Zhang et al. 2019): SGD on a diagonal quadratic with gradient noise.
+
+Per dimension i, with curvature h_i and per-sample gradient-noise variance c_i, one SGD step at
+learning rate a and batch size B is x <- (1 - a h_i) x - a sqrt(c_i / B) z with z ~ N(0, 1), and the
+loss is 1/2 sum_i h_i x_i^2. Each x_i stays Gaussian with a mean and variance known in closed form,
+so a whole run is sampled exactly at its report points in O(dims) work, whatever the step count,
+and the expected final loss, hence the optimal learning rate at every batch size, is known exactly
+(``optimal_lr``): the ground truth for tests and benchmarks.
+
+With the default options the optimum is linear in B up to about B = 128 and then saturates below
+the stability limit a < 2 / max(h), as McCandlish et al. (2018) predict; the loss valley is
+asymmetric, with a divergence cliff just above the optimum at large batch sizes.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import minimize_scalar
+
+# a run whose loss climbs this far above the starting loss has diverged, as training code would say
+DIVERGENCE_FACTOR = 100.0
+
+
+class Options(BaseModel):
+    """``[workload]`` options of the built-in ``quadratic`` workload."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    samples: int = Field(16384, gt=0, description="training budget in samples, equal at every batch size")
+    dims: int = Field(1024, gt=0, description="dimensions, curvatures log-spaced from 1e-3 to 1")
+    noise: float = Field(1.0, ge=0, description="gradient-noise variance per sample, relative to curvature")
+    reports: int = Field(8, gt=0, description="evenly spaced reports per run")
+    noisy: bool = Field(True, description="false: report the expected loss (no sampling noise)")
+
+
+@lru_cache(maxsize=32)
+def _problem(dims: int, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    curvature = np.logspace(-3, 0, dims)
+    return curvature, noise * curvature, np.ones(dims)
+
+
+def _moments(lr: float, batch_size: int, steps: int, curvature, noise_var):
+    """Mean factor r^t and added variance after `steps` SGD steps from a known point."""
+    r = 1.0 - lr * curvature
+    q = r * r
+    with np.errstate(over="ignore", invalid="ignore"):
+        q_t = q**steps
+        # sum_{k<t} q^k, written to stay exact as q -> 1
+        geometric = np.where(np.abs(1.0 - q) < 1e-12, float(steps), (1.0 - q_t) / (1.0 - q))
+        variance = lr * lr * noise_var / batch_size * geometric
+    return r**steps, variance
+
+
+def expected_loss(lr: float, batch_size: int, **options) -> float:
+    """Expected loss after the sample budget; inf where SGD diverges."""
+    o = Options(**options)
+    curvature, noise_var, x0 = _problem(o.dims, o.noise)
+    mean_factor, variance = _moments(lr, batch_size, o.samples // batch_size, curvature, noise_var)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = 0.5 * float(np.sum(curvature * ((mean_factor * x0) ** 2 + variance)))
+    return loss if math.isfinite(loss) else math.inf
+
+
+def optimal_lr(batch_size: int, **options) -> float:
+    """The exact learning rate minimising the expected final loss at this batch size."""
+    o = Options(**options)
+    return _optimal_lr(batch_size, o.samples, o.dims, o.noise)
+
+
+@lru_cache(maxsize=256)
+def _optimal_lr(batch_size: int, samples: int, dims: int, noise: float) -> float:
+    def loss(log_lr: float) -> float:
+        return expected_loss(math.exp(log_lr), batch_size, samples=samples, dims=dims, noise=noise)
+
+    # a dense grid brackets the minimum (the valley ends in a cliff), then Brent polishes it
+    stable = 2.0 / _problem(dims, noise)[0].max()
+    grid = np.linspace(math.log(1e-7), math.log(stable), 2001)
+    best = int(np.argmin([loss(x) for x in grid]))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    return math.exp(minimize_scalar(loss, bounds=(low, high), method="bounded",
+                                    options={"xatol": 1e-12}).x)
+
+
+def train(run) -> float:
+    """Run SGD on the noisy quadratic at run.lr and run.batch_size; report the loss as it goes."""
+    o = Options(**run.options)
+    curvature, noise_var, x = _problem(o.dims, o.noise)
+    initial_loss = 0.5 * float(np.sum(curvature * x * x))
+    total_steps = o.samples // run.batch_size
+    if total_steps == 0:
+        raise ValueError(f"batch size {run.batch_size} exceeds the budget of {o.samples} samples")
+    rng = np.random.default_rng(run.seed)
+    boundaries = np.unique(np.linspace(0, total_steps, o.reports + 1).round().astype(int))
+    loss, done = initial_loss, 0
+    for steps in boundaries[1:]:
+        if o.noisy:
+            x = _advance(x, run.lr, run.batch_size, steps - done, curvature, noise_var, rng)
+            loss = 0.5 * float(np.sum(curvature * x * x))
+        else:
+            loss = expected_loss(run.lr, run.batch_size, **{**o.model_dump(), "samples": steps * run.batch_size})
+        done = steps
+        if not loss < DIVERGENCE_FACTOR * initial_loss:  # also catches inf and NaN
+            raise FloatingPointError(f"loss {loss:.3g} after {steps} steps")
+        run.report(steps * run.batch_size, loss)
+    return loss
+
+
+def _advance(x, lr, batch_size, steps, curvature, noise_var, rng):
+    mean_factor, variance = _moments(lr, batch_size, steps, curvature, noise_var)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return mean_factor * x + np.sqrt(variance) * rng.standard_normal(x.shape)
