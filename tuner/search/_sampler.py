@@ -9,14 +9,18 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search._view import BatchSizeView
-from tuner.trials import BATCH_SIZE, LR
+from tuner.trials import BATCH_SIZE, LR, is_diverged
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-# trials that hold or will hold a batch size's share; failed ones are retried
-_ALLOCATED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+_MIN_GAP = 1.25  # stop bisecting towards the divergence cliff once it is this close
+# Every trial takes its batch size's turn, failed ones too: otherwise a batch size where some
+# learning rates crash would be retried until it took every trial.
+_ALLOCATED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+              TrialState.WAITING)
 
 
 class BatchSizeSampler(BaseSampler):
@@ -105,8 +109,13 @@ class BatchSizeSampler(BaseSampler):
         batch_size = trial.params[BATCH_SIZE]
         view = BatchSizeView(study, batch_size)
         earlier = [t for t in view._get_trials(deepcopy=False, states=_ALLOCATED) if t.number != trial.number]
-        if len(earlier) < self._n_startup_trials and isinstance(distribution, FloatDistribution):
+        if not isinstance(distribution, FloatDistribution):
+            return self._lr_sampler.sample_independent(view, trial, LR, distribution)
+        if len(earlier) < self._n_startup_trials:
             return self._spread(batch_size, len(earlier), distribution)
+        gap = _unbracketed_gap(earlier, study.direction, distribution)
+        if gap is not None:
+            return math.sqrt(gap[0] * gap[1])
         return self._lr_sampler.sample_independent(view, trial, LR, distribution)
 
     def _spread(self, batch_size: int, index: int, distribution: FloatDistribution) -> float:
@@ -125,3 +134,31 @@ class BatchSizeSampler(BaseSampler):
             raise ValueError(f"batch size {batch_size} is outside the objective's distribution "
                              f"{distribution}; ask for batch_size over the sampler's batch sizes")
         return batch_size
+
+
+def _unbracketed_gap(trials: list[FrozenTrial], direction: StudyDirection,
+                     distribution: FloatDistribution) -> tuple[float, float] | None:
+    """The gap beside the best trial that no worse trial closes, when it is wider than ×_MIN_GAP.
+
+    The optimum often sits just below the divergence cliff. When the best LR so far has only
+    diverged trials (or the range's end) above it, the optimum may lie anywhere in between, and
+    TPE, which counts diverged trials as bad, rarely looks there; bisecting the gap finds it.
+    """
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+    best = min(complete, key=lambda t: sign * t.value)
+    best_lr = best.params[LR]
+    # trials that ran and did worse close the gap on their side; diverged ones do not
+    ran = [t.params[LR] for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+           and not is_diverged(t) and t.number != best.number]
+    above = [t.params[LR] for t in trials if t.params.get(LR, 0) > best_lr]
+    below = [t.params[LR] for t in trials if 0 < t.params.get(LR, 0) < best_lr]
+    upper = min(above, default=distribution.high)
+    lower = max(below, default=distribution.low)
+    if upper / best_lr > _MIN_GAP and not any(best_lr < lr <= upper for lr in ran):
+        return best_lr, upper
+    if best_lr / lower > _MIN_GAP and not any(lower <= lr < best_lr for lr in ran):
+        return lower, best_lr
+    return None
