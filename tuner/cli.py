@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tuner.errors import InputError
+from tuner.errors import InputError, WorkloadFailing
 
 STORAGE_HELP = ("Optuna storage: sqlite:///FILE, postgresql+psycopg://USER:PASSWORD@HOST/DB, or a journal "
                 "file path. Default: $TUNER_STORAGE, else tuner.journal in the working directory.")
@@ -17,8 +17,6 @@ class _OneLineErrors(click.Group):
     """Reports every usage error as one line ('Error: ...'), exit code 2, never a traceback."""
 
     def main(self, *args, **kwargs):
-        from tuner.runner import WorkloadFailing
-
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)

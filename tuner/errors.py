@@ -3,3 +3,7 @@
 
 class InputError(ValueError):
     """Bad input (study file, workload target, storage URL, study name): nothing was written."""
+
+
+class WorkloadFailing(RuntimeError):
+    """Every recent trial failed: the workload itself is broken, so the run stops and says why."""

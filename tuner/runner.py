@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import InputError
+from tuner.errors import InputError, WorkloadFailing
 from tuner.search import BatchSizePruner, BatchSizeSampler
 from tuner.spec import StudySpec, parse_spec
 from tuner.trials import BATCH_SIZE, ERROR, FINISHED, LR, count_finished
@@ -27,10 +27,6 @@ SPEC_ATTR = "tuner_spec"
 MAX_CONSECUTIVE_FAILURES = 5
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class WorkloadFailing(RuntimeError):
-    """Every recent trial failed: the workload itself is broken."""
 
 
 def stored_spec(study: optuna.Study) -> StudySpec | None:

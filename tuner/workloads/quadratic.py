@@ -7,7 +7,7 @@ so a whole run is sampled exactly at its report points in O(dims) work, whatever
 and the expected final loss, hence the optimal learning rate at every batch size, is known exactly
 (``optimal_lr``): the ground truth for tests and benchmarks.
 
-With the default options the optimum is linear in B up to about B = 128 and then saturates below
+With the default options the optimum is nearly linear in B up to B = 64-128, then saturates below
 the stability limit a < 2 / max(h), as McCandlish et al. (2018) predict; the loss valley is
 asymmetric, with a divergence cliff just above the optimum at large batch sizes.
 """
@@ -45,12 +45,12 @@ def _moments(lr: float, batch_size: int, steps: int, curvature, noise_var):
     """Mean factor r^t and added variance after `steps` SGD steps from a known point."""
     r = 1.0 - lr * curvature
     q = r * r
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         q_t = q**steps
         # sum_{k<t} q^k, written to stay exact as q -> 1
         geometric = np.where(np.abs(1.0 - q) < 1e-12, float(steps), (1.0 - q_t) / (1.0 - q))
         variance = lr * lr * noise_var / batch_size * geometric
-    return r**steps, variance
+        return r**steps, variance
 
 
 def expected_loss(lr: float, batch_size: int, **options) -> float:
@@ -99,7 +99,7 @@ def train(run) -> float:
             x = _advance(x, run.lr, run.batch_size, steps - done, curvature, noise_var, rng)
             loss = 0.5 * float(np.sum(curvature * x * x))
         else:
-            loss = expected_loss(run.lr, run.batch_size, **{**o.model_dump(), "samples": steps * run.batch_size})
+            loss = expected_loss(run.lr, run.batch_size, **{**o.model_dump(), "samples": int(steps) * run.batch_size})
         done = steps
         if not loss < DIVERGENCE_FACTOR * initial_loss:  # also catches inf and NaN
             raise FloatingPointError(f"loss {loss:.3g} after {steps} steps")
