@@ -1,0 +1,162 @@
+"""Batch-aware search: trials balanced across batch sizes, LR proposed per batch size, fair pruning."""
+import math
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.pruners import HyperbandPruner, MedianPruner
+from optuna.trial import TrialState, create_trial
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from conftest import spec_dict
+from tuner.errors import InputError
+from tuner.runner import open_study, run_study
+from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView
+from tuner.spec import parse_spec
+from tuner.storage import open_storage
+from tuner.workload import Workload
+
+SIZES = [8, 32, 128, 512]
+
+
+def true_optimum(batch_size):
+    return 1e-3 * batch_size  # lr* = 1e-3 B: a ×64 spread over SIZES
+
+
+def valley(run):
+    """Loss with its optimum exactly at true_optimum(B); diverges 8x above it."""
+    z = math.log(run.lr / true_optimum(run.batch_size))
+    if z > math.log(8):
+        return math.nan
+    final = 1.0 + z * z
+    for k in range(1, 5):
+        run.report(k * 1000, final + (4 - k) * 0.1)
+    return final
+
+
+def run(storage, train=valley, **tables):
+    spec = parse_spec(spec_dict(**{"workload": {"target": "t:valley"}, **tables}))
+    study = open_study(spec, storage)
+    run_study(study, spec, Workload("t:valley", train, spec.workload.options))
+    return study
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(str(tmp_path / "s.journal"), create=True)
+
+
+def test_trials_are_shared_evenly_among_batch_sizes(storage):
+    study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES})
+    assert Counter(t.params["batch_size"] for t in study.trials) == {b: 10 for b in SIZES}
+
+
+def test_each_batch_size_finds_its_own_optimum(storage):
+    study = run(storage, study={"n_trials": 64}, search={"batch_sizes": SIZES, "lr": [1e-5, 10.0]})
+    for b in SIZES:
+        complete = [t for t in study.trials if t.params["batch_size"] == b and t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: t.value)
+        # neighbouring sizes' optima are ×4 apart: each batch size found its own
+        assert abs(math.log(best.params["lr"] / true_optimum(b))) < math.log(2), b
+
+
+def test_startup_trials_spread_over_the_whole_range(storage):
+    study = run(storage, study={"n_trials": 16}, search={"batch_sizes": SIZES, "lr": [1e-5, 10.0],
+                                                          "startup_trials": 4, "pruner": "none"})
+    for b in SIZES:
+        positions = sorted(math.log(t.params["lr"] / 1e-5) / math.log(1e6)
+                           for t in study.trials if t.params["batch_size"] == b)
+        gaps = [b - a for a, b in zip([0.0, *positions], [*positions, 1.0])]
+        assert len(positions) == 4 and max(gaps) < 0.45  # no quarter-wide hole in log-lr
+
+
+def test_the_same_seed_gives_the_same_study(tmp_path):
+    def params(name, seed):
+        st = open_storage(str(tmp_path / f"{name}.journal"), create=True)
+        return [t.params for t in run(st, study={"n_trials": 30, "seed": seed}).trials]
+
+    assert params("a", 1) == params("b", 1)
+    assert params("a2", 1) != params("c", 2)
+
+
+def study_with(trials):
+    study = optuna.create_study()
+    for batch_size, values, state, *attrs in trials:
+        study.add_trial(create_trial(
+            state=state, value=values[max(values)] if state == TrialState.COMPLETE else None,
+            params={"batch_size": batch_size, "lr": 0.1}, user_attrs=attrs[0] if attrs else None,
+            distributions={"batch_size": IntDistribution(8, 512, log=True), "lr": FloatDistribution(1e-4, 1, log=True)},
+            intermediate_values=values))
+    return study
+
+
+def running_trial(study, batch_size, values):
+    trial = study.ask({"batch_size": IntDistribution(8, 512, log=True), "lr": FloatDistribution(1e-4, 1, log=True)})
+    trial.storage.set_trial_param(trial._trial_id, "batch_size", batch_size, IntDistribution(8, 512, log=True))
+    for step, value in values.items():
+        trial.report(value, step)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def test_pruning_compares_only_within_the_batch_size():
+    # batch 8 reaches a far lower loss at 1000 samples than batch 512 ever can
+    small = [(8, {1000: 0.1 + i * 0.01, 2000: 0.05}, TrialState.COMPLETE) for i in range(5)]
+    study = study_with(small)
+    large = running_trial(study, 512, {1000: 2.0})
+    median = MedianPruner(n_startup_trials=4)
+    assert median.prune(study, large), "plain MedianPruner compares across batch sizes"
+    assert not BatchSizePruner(median).prune(study, large), "no batch-512 trials to compare with yet"
+
+    peers = [(512, {1000: 1.0 + i * 0.1, 2000: 0.9}, TrialState.COMPLETE) for i in range(5)]
+    study = study_with(small + peers)
+    assert BatchSizePruner(median).prune(study, running_trial(study, 512, {1000: 2.0}))
+    assert not BatchSizePruner(median).prune(study, running_trial(study, 512, {1000: 1.05}))
+
+
+def test_the_view_holds_one_batch_size_and_hides_diverged_reports():
+    study = study_with([(8, {100: 1.0}, TrialState.COMPLETE), (16, {100: 1.0}, TrialState.COMPLETE),
+                        (8, {100: 0.5}, TrialState.PRUNED, {"outcome": "diverged"})])
+    study.set_user_attr("x", 1)
+    view = BatchSizeView(study, 8)
+    assert [t.number for t in view.trials] == [0, 2]
+    assert view.trials[1].intermediate_values == {}  # TPE ranks it below every trial that ran
+    assert view.user_attrs == {"x": 1} and view.direction == study.direction
+
+
+def test_hyperband_cannot_be_restricted_to_a_batch_size():
+    with pytest.raises(ValueError, match="HyperbandPruner"):
+        BatchSizePruner(HyperbandPruner())
+
+
+def test_sampler_checks_its_arguments():
+    with pytest.raises(ValueError, match="positive integers"):
+        BatchSizeSampler([8, 0])
+    with pytest.raises(ValueError, match="positive integers"):
+        BatchSizeSampler([])
+
+
+class TestResume:
+    def test_a_rerun_continues_to_n_trials_and_keeps_finished_trials(self, storage):
+        first = run(storage, study={"n_trials": 12})
+        before = [(t.number, t.params, t.state, t.value) for t in first.trials]
+        again = run(storage, study={"n_trials": 12})
+        assert len(again.trials) == 12  # nothing left to do
+        more = run(storage, study={"n_trials": 20})
+        finished = more.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
+        assert len(finished) == 20
+        assert [(t.number, t.params, t.state, t.value) for t in more.trials[:12]] == before
+
+    def test_batch_sizes_and_lr_range_can_grow(self, storage):
+        run(storage, study={"n_trials": 8}, search={"batch_sizes": [8, 32], "lr": [1e-4, 1.0]})
+        study = run(storage, study={"n_trials": 20}, search={"batch_sizes": [8, 32, 128], "lr": [1e-5, 2.0]})
+        counts = Counter(t.params["batch_size"] for t in study.trials)
+        assert counts[128] >= 6  # the new batch size catches up first
+        assert study.user_attrs["tuner_spec"]["search"]["batch_sizes"] == [8, 32, 128]
+
+    def test_a_different_workload_is_refused_and_nothing_changes(self, storage):
+        run(storage, study={"n_trials": 4})
+        spec = parse_spec(spec_dict(workload={"target": "quadratic"}))
+        with pytest.raises(InputError, match="was run with workload 't:valley'"):
+            open_study(spec, storage)
+        study = optuna.load_study(study_name="test", storage=storage)
+        assert study.user_attrs["tuner_spec"]["workload"] == {"target": "t:valley"}
