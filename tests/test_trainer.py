@@ -1,0 +1,198 @@
+"""The PyTorch trainer and the digits-mlp workload: real training on real data, a few epochs each."""
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from tuner.errors import InputError
+from tuner.runner import open_study, run_study
+from tuner.spec import load_spec, parse_spec
+from tuner.trials import SAMPLES
+from tuner.workload import Run, TrialDiverged, load_workload
+from tuner.workloads import digits
+from tuner.workloads.trainer import train_torch
+
+CHANCE = 2.303  # cross-entropy of a uniform guess over 10 classes, ln 10
+
+
+def digits_run(lr=0.1, batch_size=32, seed=0, **options):
+    run = Run(lr=lr, batch_size=batch_size, seed=seed, options={"epochs": 2, **options})
+    return run, digits.train(run)
+
+
+def regression_data(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 8, generator=g)
+    y = X @ torch.linspace(-1, 1, 8)[:, None] + 0.05 * torch.randn(n, 1, generator=g)
+    return X, y
+
+
+def test_digits_loss_goes_down_at_a_sensible_lr():
+    run, loss = digits_run(lr=0.1, epochs=4)
+    values = [value for _, value in run.reports]
+    assert loss == values[-1] < 0.3 < values[0] < CHANCE
+    assert values[-1] < values[len(values) // 2] < values[0]
+
+
+def test_same_seed_same_metric_other_seed_other_metric():
+    assert digits_run(seed=1)[1] == digits_run(seed=1)[1]
+    assert digits_run(seed=1)[1] != digits_run(seed=2)[1]
+
+
+def test_an_absurd_lr_diverges():
+    with pytest.raises((FloatingPointError, TrialDiverged), match="diverged"):
+        digits_run(lr=1e4)
+
+
+def test_a_finite_blow_up_is_divergence_too():
+    run = Run(lr=1.5, batch_size=64, options={"steps": 30, "evals": 3})  # SGD is stable below lr = 1 here
+    X, y = regression_data()
+    with pytest.raises(FloatingPointError, match="diverged after 640 samples"):
+        train_torch(run, lambda: nn.Linear(8, 1), (X[:384], y[:384]), (X[384:], y[384:]), loss=nn.functional.mse_loss)
+
+
+@pytest.mark.parametrize("evals", [1, 5, 6])
+def test_reports_are_samples_seen_evenly_spread(evals):
+    run, _ = digits_run(batch_size=64, evals=evals)  # 1536 // 64 = 24 steps an epoch, 48 in all
+    steps = [samples // 64 for samples, _ in run.reports]
+    assert all(samples % 64 == 0 for samples, _ in run.reports)
+    assert len(steps) == evals and steps[-1] == 48 and run.samples_seen == 48 * 64
+    gaps = {b - a for a, b in zip([0, *steps], steps)}
+    assert max(gaps) - min(gaps) <= 1
+
+
+def test_steps_budget_instead_of_epochs():
+    assert digits_run(batch_size=128, epochs=None, steps=30)[0].samples_seen == 30 * 128  # 2.5 epochs
+    assert digits_run(batch_size=128, epochs=3)[0].samples_seen == 3 * 1536
+
+
+def test_a_budget_given_in_code_replaces_the_studys():
+    X, y = regression_data()
+    run = Run(lr=0.05, batch_size=32, options={"epochs": 5})
+    train_torch(run, lambda: nn.Linear(8, 1), (X, y), (X, y), loss=nn.functional.mse_loss, steps=7)
+    assert run.samples_seen == 7 * 32
+
+
+def test_every_batch_size_sees_the_same_samples_even_when_it_does_not_divide_the_data():
+    # 1500 images: batches span epochs instead of dropping the remainder of each one
+    for batch_size in (7, 64, 1000):
+        run, _ = digits_run(batch_size=batch_size, epochs=2, train_size=1500, evals=1)
+        assert 3000 - batch_size < run.samples_seen <= 3000
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("momentum", 0.03), ("adam", 0.01), ("adamw", 0.01)])
+def test_each_optimizer_trains(optimizer, lr):
+    assert digits_run(lr=lr, optimizer=optimizer)[1] < 0.5
+
+
+def test_weight_decay_changes_the_result():
+    assert digits_run(weight_decay=0.01)[1] != digits_run()[1]
+
+
+def test_own_model_with_a_dataset_and_mse_loss():
+    X, y = regression_data()
+    run = Run(lr=0.05, batch_size=32, options={"optimizer": "momentum", "epochs": 5, "my_own_key": 1})
+    loss = train_torch(run, lambda: nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)),
+                       TensorDataset(X[:384], y[:384]), TensorDataset(X[384:], y[384:]),
+                       loss=nn.functional.mse_loss)
+    assert loss < 0.05 * y.var().item()
+    assert run.samples_seen == 5 * 384
+
+
+class Pairs(Dataset):
+    """A map-style dataset of (tensor, float) pairs, the way a user's own dataset looks."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], float(self.y[i, 0])
+
+
+def test_a_dataset_trains_exactly_as_the_same_tensors_do():
+    X, y = regression_data()
+
+    def train(train_data, valid_data, target_shape):
+        run = Run(lr=0.05, batch_size=16, options={"epochs": 2})
+        return train_torch(run, lambda: nn.Linear(8, 1), train_data, valid_data,
+                           loss=lambda out, target: nn.functional.mse_loss(out, target.view(target_shape).float()))
+
+    as_tensors = train((X[:384], y[:384]), (X[384:], y[384:]), (-1, 1))
+    as_dataset = train(Pairs(X[:384], y[:384]), Pairs(X[384:], y[384:]), (-1, 1))
+    assert as_dataset == pytest.approx(as_tensors, rel=1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"optimiser": "adam"}, "option optimiser: unknown option"),
+    ({"optimizer": "lbfgs"}, "option optimizer: input should be 'sgd', 'momentum', 'adam' or 'adamw', got 'lbfgs'"),
+    ({"epochs": 2.5}, "option epochs: input should be a valid integer, got 2.5"),
+    ({"epochs": 2, "steps": 100}, "option steps: give epochs or steps, not both"),
+    ({"momentum": 0.5}, "option momentum: used only by optimizer 'momentum', got 0.5"),
+    ({"device": "gpu"}, "option device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_bad_trainer_options_name_the_option(options, message):
+    with pytest.raises(ValueError, match=f"^train_torch {message}"):
+        train_torch(Run(lr=0.1, batch_size=8), lambda: nn.Linear(8, 1),
+                    regression_data(), regression_data(seed=1), loss=nn.functional.mse_loss, **options)
+
+
+def test_run_options_are_checked_and_other_keys_left_to_the_workload():
+    run = Run(lr=0.1, batch_size=8, options={"evals": 0, "optimiser": "adam"})
+    with pytest.raises(ValueError, match="^train_torch option evals: input should be greater than 0, got 0"):
+        train_torch(run, lambda: nn.Linear(8, 1), regression_data(), regression_data(seed=1))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"optimiser": "adam"}, r"\[workload\] optimiser: unknown key \(known keys: optimizer"),
+    ({"hidden": 64}, r"\[workload\] hidden: input should be a valid list, got 64"),
+    ({"epochs": "5"}, r"\[workload\] epochs: input should be a valid integer, got '5'"),
+    ({"epochs": 5, "steps": 100}, r"\[workload\] steps: give epochs or steps, not both"),
+    ({"train_size": 1797}, r"\[workload\] train_size: input should be less than 1797"),
+])
+def test_bad_digits_options_are_input_errors(options, message):
+    spec = parse_spec({"study": {"name": "s", "n_trials": 1}, "search": {"lr": [0.01, 1.0], "batch_sizes": [8]},
+                       "workload": {"target": "digits-mlp", **options}})
+    with pytest.raises(InputError, match=f"^{message}"):
+        load_workload(spec)
+
+
+def test_bad_calls_are_clear():
+    with pytest.raises(ValueError, match="batch size 4096 is larger than the training set"):
+        digits_run(batch_size=4096)
+    with pytest.raises(TypeError, match="pass a function that returns a new module"):
+        train_torch(Run(lr=0.1, batch_size=8), nn.Linear(8, 1), regression_data(), regression_data(seed=1))
+    with pytest.raises(ValueError, match="device: 'cuda:7' is not available"):
+        digits_run(device="cuda:7")
+
+
+def test_digits_module_imports_without_torch():
+    code = "import sys, tuner.workloads.digits; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_digits_in_an_optuna_study():
+    spec = parse_spec({
+        "study": {"name": "digits", "n_trials": 6},
+        "search": {"lr": [0.01, 0.3], "batch_sizes": [32, 128], "pruner": "none"},
+        "workload": {"target": "digits-mlp", "epochs": 1, "evals": 3},
+    })
+    study = open_study(spec, optuna.storages.InMemoryStorage())
+    run_study(study, spec, load_workload(spec))
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert {t.params["batch_size"] for t in trials} == {32, 128}
+    assert all(t.user_attrs[SAMPLES] == 1536 and len(t.intermediate_values) == 3 for t in trials)
+
+
+def test_the_shipped_study_loads():
+    spec = load_spec(Path(__file__).parent.parent / "studies" / "digits-mlp-sgd.toml")
+    assert load_workload(spec).options["epochs"] > 0

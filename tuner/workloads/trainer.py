@@ -1,0 +1,267 @@
+"""A small PyTorch training loop, so that a workload is a model and its data, not a loop.
+
+``train_torch`` is the whole trainer: seed, build the model, then for every step a batch of exactly
+``run.batch_size`` samples (drawn from a fresh permutation each epoch, so that every batch size
+sees the same number of samples; samples seen = steps x batch size), forward, backward, step; at ``evals`` points spread evenly over
+the run it reports the mean validation loss, ``run.report(samples_seen, loss)``, and it returns the
+last one. Data lives in memory on the device and is indexed per batch: no DataLoader, no per-step sync.
+
+A workload of your own is a model and its data handed to ``train_torch``; in ``my_workload.py``
+beside the study file, named there as ``target = "my_workload:train"``:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from tuner.workloads.trainer import train_torch
+    >>> X = torch.randn(1024, 8)
+    >>> y = X @ torch.linspace(-1, 1, 8)[:, None] + 0.1 * torch.randn(1024, 1)
+    >>> def train(run):
+    ...     return train_torch(run, lambda: nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)),
+    ...                        train_data=(X[:768], y[:768]), valid_data=(X[768:], y[768:]),
+    ...                        loss=nn.functional.mse_loss)
+
+Tried without a study (``options`` stands in for the study's ``[workload]`` keys):
+
+    >>> from tuner import Run
+    >>> run = Run(lr=0.05, batch_size=32, options={"optimizer": "momentum", "epochs": 5})
+    >>> train(run) < 0.05
+    True
+    >>> run.reports[-1][0]  # samples seen: 5 epochs x 768
+    3840
+
+Options come from the study's ``[workload]`` table (``run.options``; keys the trainer does not know
+are left to the workload) and from keyword arguments, which win; see ``TrainerOptions``.
+torch is imported on first use: the tuner imports the built-in workloads to check their options.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tuner.workload import Run
+
+DEFAULT_EPOCHS = 20
+DEFAULT_MOMENTUM = 0.9
+# a validation loss this far above the untrained model's has diverged, even while still finite
+DIVERGENCE_FACTOR = 100.0
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Data = Any  # (inputs, targets) as tensors or arrays, or a map-style torch Dataset of (input, target)
+
+
+class TrainerOptions(BaseModel):
+    """Options of ``train_torch``; a workload's own ``Options`` can extend them (see ``digits``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    optimizer: Literal["sgd", "momentum", "adam", "adamw"] = Field(
+        "sgd", description="sgd, momentum (SGD with momentum), adam or adamw")
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        None, description=f"momentum of optimizer 'momentum' (default {DEFAULT_MOMENTUM})")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                description="weight decay; adamw decouples it (so with 0 it equals adam)")
+    epochs: PositiveInt | None = Field(
+        None, description=f"budget in epochs, the same data at every batch size (default {DEFAULT_EPOCHS})")
+    steps: PositiveInt | None = Field(None, description="budget in optimizer steps, instead of epochs")
+    evals: PositiveInt = Field(8, description="validation passes spread evenly over the run, each reported")
+    eval_batch_size: PositiveInt = Field(1024, description="validation samples per forward pass")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's own)")
+
+    # Field validators run only on values given, not on defaults: these catch contradictions.
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_needs_its_optimizer(cls, momentum: float | None, info: ValidationInfo) -> float | None:
+        if momentum is not None and info.data.get("optimizer") != "momentum":
+            raise PydanticCustomError("unused", "used only by optimizer 'momentum'")
+        return momentum
+
+    @field_validator("steps")
+    @classmethod
+    def _one_budget(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        if steps is not None and info.data.get("epochs") is not None:
+            raise PydanticCustomError("budget", "give epochs or steps, not both")
+        return steps
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise PydanticCustomError("device", "expected auto, cpu, cuda or cuda:N")
+        return device
+
+
+def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, valid_data: Data,
+                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                **options: Any) -> float:
+    """Train ``model()`` at ``run.lr`` and ``run.batch_size``; return the final mean validation loss.
+
+    model: a function returning a new module, called after seeding so that run.seed fixes the init.
+    train_data, valid_data: ``(inputs, targets)`` tensors (or arrays), or a map-style Dataset of
+        (input, target) pairs, read into tensors once.
+    loss: ``loss(outputs, targets)``, the batch mean; default cross-entropy (targets: class indices).
+    options: override ``run.options``; see ``TrainerOptions``.
+
+    Raises FloatingPointError when the run diverged: a training or validation loss that is not
+    finite, or a validation loss DIVERGENCE_FACTOR times the untrained model's; and raises
+    whatever ``run.report`` raises to stop the run (optuna.TrialPruned).
+    """
+    import torch
+
+    o = _options(run.options, options)
+    if o.threads is not None:
+        torch.set_num_threads(o.threads)  # process-wide, as torch has it
+    device = _device(o.device)
+    inputs, targets = _tensors(train_data, "train_data", device)
+    valid_inputs, valid_targets = _tensors(valid_data, "valid_data", device)
+    loss = loss or torch.nn.functional.cross_entropy
+    steps = _total_steps(o, len(inputs), run.batch_size)
+    eval_steps = {steps * k // o.evals for k in range(1, o.evals + 1)} - {0}
+
+    torch.manual_seed(run.seed)
+    net = _build(model).to(device)
+    optimizer = _optimizer(o, net, run.lr)
+    shuffle = torch.Generator(device=device).manual_seed(run.seed)
+    initial_loss = _evaluate(net, loss, valid_inputs, valid_targets, o.eval_batch_size)
+    limit = DIVERGENCE_FACTOR * initial_loss if initial_loss > 0 else math.inf
+    for step, batch in enumerate(_batches(len(inputs), run.batch_size, steps, shuffle), start=1):
+        batch_loss = loss(net(inputs[batch]), targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        if step in eval_steps:  # the only points that wait for the device
+            valid_loss = _evaluate(net, loss, valid_inputs, valid_targets, o.eval_batch_size)
+            _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
+            run.report(step * run.batch_size, valid_loss)
+    return valid_loss
+
+
+def _options(run_options: Mapping[str, Any], overrides: dict[str, Any]) -> TrainerOptions:
+    """The trainer's options from run.options, and overrides; a budget in overrides replaces the study's."""
+    budget = {"epochs", "steps"}
+    known = TrainerOptions.model_fields.keys() - (budget if overrides.keys() & budget else set())
+    ours = {key: value for key, value in run_options.items() if key in known}  # the rest is the workload's
+    try:
+        return TrainerOptions.model_validate({**ours, **overrides})
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ValueError(f"train_torch option {key}: unknown option "
+                             f"(known: {', '.join(TrainerOptions.model_fields)})") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"train_torch option {key}: {message[:1].lower()}{message[1:]}, "
+                         f"got {first['input']!r}") from None
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"train_torch option device: {name!r} is not available "
+                         f"({torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def _tensors(data: Data, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) on the device, read once: indexing tensors in memory beats a DataLoader."""
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    elif isinstance(data, Dataset):
+        columns = zip(*(data[i] for i in range(len(data))), strict=True)
+        data = [torch.stack([torch.as_tensor(value) for value in column]) for column in columns]
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"train_torch {name}: expected (inputs, targets) or a Dataset of "
+                        f"(input, target) pairs, got {type(data).__name__}")
+    inputs, targets = (torch.as_tensor(part).to(device) for part in data)
+    if len(inputs) != len(targets):
+        raise ValueError(f"train_torch {name}: {len(inputs)} inputs but {len(targets)} targets")
+    return inputs, targets
+
+
+def _total_steps(o: TrainerOptions, n: int, batch_size: int) -> int:
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} is larger than the training set ({n} samples)")
+    return o.steps or (o.epochs or DEFAULT_EPOCHS) * n // batch_size
+
+
+def _build(model: Callable[[], nn.Module]) -> nn.Module:
+    from torch import nn
+
+    if isinstance(model, nn.Module):  # a shared instance would carry one trial's weights into the next
+        raise TypeError("train_torch model: pass a function that returns a new module, e.g. "
+                        f"lambda: {type(model).__name__}(...), not a module instance")
+    net = model()
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"train_torch model: model() returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _optimizer(o: TrainerOptions, net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    import torch
+
+    params, decay = net.parameters(), o.weight_decay
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=decay)
+    if o.optimizer == "momentum":
+        momentum = DEFAULT_MOMENTUM if o.momentum is None else o.momentum
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
+    adam = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+    return adam(params, lr=lr, weight_decay=decay)
+
+
+def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Sample indices, batch_size at a time, from a stream of fresh permutations (one per epoch).
+
+    A batch may span two epochs, so that every batch size sees the same number of samples
+    even when it does not divide the training set.
+    """
+    import torch
+
+    order = torch.empty(0, dtype=torch.long, device=generator.device)
+    for _ in range(steps):
+        if len(order) < batch_size:  # drawn where the data is: no copy, no wait
+            order = torch.cat([order, torch.randperm(n, generator=generator, device=generator.device)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def _evaluate(net: nn.Module, loss: Callable, inputs: torch.Tensor, targets: torch.Tensor,
+              batch_size: int) -> float:
+    """The mean loss over all the inputs, in eval mode (dropout off, batch-norm statistics fixed)."""
+    import torch
+
+    training, total = net.training, 0.0
+    net.eval()
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
+            total = total + loss(net(x), y) * len(x)  # a tensor: one sync, below
+    net.train(training)
+    return total.item() / len(inputs)
+
+
+def _check_diverged(train_loss: float, valid_loss: float, limit: float, samples: int) -> None:
+    if not (math.isfinite(train_loss) and math.isfinite(valid_loss) and valid_loss <= limit):
+        raise FloatingPointError(f"diverged after {samples} samples: training loss {train_loss:.3g}, "
+                                 f"validation loss {valid_loss:.3g}")
