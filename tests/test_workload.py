@@ -159,7 +159,7 @@ class TestLoadWorkload:
         assert workload.options["samples"] == 1024 and workload.options["reports"] == 8  # defaults filled
         assert workload.train(Run(lr=0.1, batch_size=8, options=workload.options)) > 0
 
-    @pytest.mark.parametrize("options,words", [({"sample": 1}, "[workload] sample: unknown option for quadratic"),
+    @pytest.mark.parametrize("options,words", [({"sample": 1}, "[workload] sample: unknown key (known keys: samples"),
                                                ({"samples": "many"}, "[workload] samples"),
                                                ({"samples": 0}, "[workload] samples")])
     def test_builtin_options_are_checked(self, tmp_path, options, words):

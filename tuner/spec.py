@@ -147,19 +147,26 @@ def parse_spec(data: dict[str, Any], source: str = "study spec") -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
-        raise InputError(f"{source}: {_describe(e)}") from None
+        raise InputError(f"{source}: {describe_error(e)}") from None
 
 
-def _describe(error: ValidationError) -> str:
-    """The first problem as one line: '[search] batch_sizes[2]: must be > 0, got 0'."""
+def describe_error(error: ValidationError, table: str | None = None,
+                   model: type[BaseModel] | None = None) -> str:
+    """The first problem as one line: '[search] batch_sizes[2]: must be > 0, got 0'.
+
+    With ``table`` and ``model``, the error is one from validating that table's ``model``
+    (a built-in workload's options) and is located and explained accordingly.
+    """
     problems = error.errors(include_url=False)
     first = problems[0]
-    where = _location(first["loc"])
+    loc = (table, *first["loc"]) if table else first["loc"]
+    where = _location(loc)
     kind, given = first["type"], first.get("input")
     if kind == "missing":
-        text = f"{where}: required {'table' if len(first['loc']) == 1 else 'key'} is missing"
+        text = f"{where}: required {'table' if len(loc) == 1 else 'key'} is missing"
     elif kind == "extra_forbidden":
-        text = f"{where}: unknown key{_known_keys(first['loc'])}"
+        known = f" (known keys: {', '.join(model.model_fields)})" if model else _known_keys(loc)
+        text = f"{where}: unknown key{known}"
     else:
         message = first["msg"].removeprefix("Value error, ")
         text = f"{where}: {message[:1].lower()}{message[1:]}"

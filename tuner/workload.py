@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuner import trials
 from tuner.errors import InputError
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, describe_error
 from tuner.trials import Outcome
 
 TrainFn = Callable[["Run"], float]
@@ -127,13 +127,7 @@ def _validate_options(target: str, model: type[BaseModel], options: dict[str, An
     try:
         return model.model_validate(options).model_dump()
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            message = f"unknown option for {target} (known: {', '.join(model.model_fields)})"
-        else:
-            message = f"{first['msg'][:1].lower()}{first['msg'][1:]}, got {first.get('input')!r}"
-        raise InputError(f"[workload] {key}: {message}") from None
+        raise InputError(describe_error(e, "workload", model)) from None
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
