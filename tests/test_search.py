@@ -46,8 +46,9 @@ def storage(tmp_path):
     return open_storage(str(tmp_path / "s.journal"), create=True)
 
 
-def test_trials_are_shared_evenly_among_batch_sizes(storage):
-    study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES})
+@pytest.mark.parametrize("sampler", ["valley", "tpe", "random"])
+def test_trials_are_shared_evenly_among_batch_sizes(storage, sampler):
+    study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES, "sampler": sampler})
     assert Counter(t.params["batch_size"] for t in study.trials) == {b: 10 for b in SIZES}
 
 
@@ -68,6 +69,24 @@ def test_startup_trials_spread_over_the_whole_range(storage):
                            for t in study.trials if t.params["batch_size"] == b)
         gaps = [b - a for a, b in zip([0.0, *positions], [*positions, 1.0])]
         assert len(positions) == 4 and max(gaps) < 0.45  # no quarter-wide hole in log-lr
+
+
+def test_the_search_closes_in_on_an_optimum_just_below_the_divergence_cliff(storage):
+    def train(run):  # the loss falls all the way up to the cliff at lr = 0.5
+        return math.nan if run.lr > 0.5 else 1.0 / run.lr
+
+    study = run(storage, train, study={"n_trials": 10},
+                search={"batch_sizes": [8], "lr": [1e-4, 10.0], "pruner": "none"})
+    best = min(study.get_trials(states=[TrialState.COMPLETE]), key=lambda t: t.value)
+    assert 0.5 / 1.25 < best.params["lr"] <= 0.5
+
+
+def test_refining_keeps_trials_close_around_the_optimum(storage):
+    study = run(storage, study={"n_trials": 80}, search={"batch_sizes": [8, 512], "lr": [1e-5, 10.0],
+                                                          "pruner": "none"})
+    later = [t for t in study.trials if t.number >= 40]  # after spreading and bracketing
+    near = [t for t in later if abs(math.log(t.params["lr"] / true_optimum(t.params["batch_size"]))) < math.log(4)]
+    assert len(near) >= 0.8 * len(later)
 
 
 def test_the_same_seed_gives_the_same_study(tmp_path):

@@ -15,7 +15,7 @@ def test_minimal_spec_gets_working_defaults():
     assert spec.study.direction == "minimize" and spec.study.seed == 0
     assert spec.search.lr == [1e-3, 1.0]
     assert spec.search.batch_sizes == [8, 16, 64]  # sorted
-    assert (spec.search.sampler, spec.search.pruner) == ("tpe", "median")
+    assert (spec.search.sampler, spec.search.pruner) == ("valley", "median")
     assert spec.workload.options == {"width": 3}
 
 
@@ -45,7 +45,7 @@ BAD = [
     ("search", "batch_sizes", [8, 8], "twice"),
     ("search", "batch_sizes", 8, "[search] batch_sizes"),
     ("search", "sampler", "cmaes", "[search] sampler"),
-    ("search", "startup_trials", -1, "[search] startup_trials"),
+    ("search", "startup_trials", 0, "[search] startup_trials"),
     ("search", "pruner", "hyperband", "[search] pruner"),
     ("search", "pruner_startup_trials", 1.5, "[search] pruner_startup_trials"),
     ("search", "pruner_warmup_samples", -1, "[search] pruner_warmup_samples"),

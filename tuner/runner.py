@@ -17,12 +17,11 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, WorkloadFailing
-from tuner.search import BatchSizePruner, BatchSizeSampler
+from tuner.search import BatchSizePruner, BatchSizeSampler, ValleySampler
 from tuner.spec import StudySpec, parse_spec
-from tuner.trials import BATCH_SIZE, ERROR, FINISHED, LR, count_finished
+from tuner.trials import BATCH_SIZE, ERROR, FINISHED, LR, SPEC_ATTR, count_finished
 from tuner.workload import Workload, run_trial, trial_seed
 
-SPEC_ATTR = "tuner_spec"
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -68,12 +67,12 @@ def make_sampler(spec: StudySpec, stream: int = 0) -> BatchSizeSampler:
     """The spec's sampler; ``stream`` keeps a resumed run from replaying the first run's draws."""
     search = spec.search
     seed = int(np.random.SeedSequence([spec.study.seed, stream]).generate_state(1)[0])
-    if search.sampler == "tpe":
-        lr_sampler = TPESampler(n_startup_trials=search.startup_trials, constant_liar=True, seed=seed)
-    else:
-        lr_sampler = RandomSampler(seed=seed)
-    return BatchSizeSampler(search.batch_sizes, lr_sampler=lr_sampler,
-                            n_startup_trials=search.startup_trials, seed=seed)
+    lr_samplers = {
+        "valley": lambda: ValleySampler(n_startup_trials=search.startup_trials, seed=seed),
+        "tpe": lambda: TPESampler(n_startup_trials=search.startup_trials, constant_liar=True, seed=seed),
+        "random": lambda: RandomSampler(seed=seed),
+    }
+    return BatchSizeSampler(search.batch_sizes, lr_sampler=lr_samplers[search.sampler](), seed=seed)
 
 
 def make_pruner(spec: StudySpec) -> BasePruner:

@@ -48,10 +48,10 @@ class StudyTable(_Table):
 class SearchTable(_Table):
     lr: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
-    sampler: Literal["tpe", "random"] = "tpe"
-    startup_trials: NonNegativeInt = 4
+    sampler: Literal["valley", "tpe", "random"] = "valley"
+    startup_trials: PositiveInt = 4
     pruner: Literal["median", "none"] = "median"
-    pruner_startup_trials: NonNegativeInt = 4
+    pruner_startup_trials: NonNegativeInt = 3
     pruner_warmup_samples: NonNegativeInt = 0
 
     @field_validator("lr", mode="before")

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.trials import is_diverged
+
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_MIN_GAP = math.log(1.25)   # a gap towards the cliff narrower than this is closed
+_MIN_REACH = math.log(1.5)  # refine at least this far either side of the best trial...
+_MAX_REACH = math.log(4.0)  # ...and at most this far
+
+
+class ValleySampler(BaseSampler):
+    """Searches one log-scale parameter (the learning rate) for the bottom of a noisy valley that
+    ends in a divergence cliff, putting few trials where they say most about the optimum.
+
+    1. **Spread**: the first ``n_startup_trials`` cover the range: the first at random, each next
+       one in the widest gap left (golden-ratio steps).
+    2. **Bracket**: while nothing that ran lies beyond the best trial on one side (only diverged
+       trials, or the end of the range), the next trial bisects that gap. The optimum often sits
+       just below the cliff, where TPE, counting diverged trials as bad, rarely looks.
+    3. **Refine**: sample uniformly around the best trial, out to its nearest neighbours that ran
+       (at least ×1.5 and at most ×4 away, never past a diverged value), so the trials bracket the
+       optimum closely on both sides: what a local fit of the valley needs.
+
+    Measured on the noisy quadratic (benchmarks/fit_accuracy.py), one search per batch size: 74% of
+    trials land within ×2 of the optimum, against 27% for TPE, and the fitted optimum is closer.
+    ``BatchSizeSampler`` runs one such search per batch size. Other parameters are sampled at random.
+
+    Args:
+        n_startup_trials: trials spread over the range before bracketing and refining.
+        seed: makes the proposals reproducible.
+    """
+
+    def __init__(self, *, n_startup_trials: int = 4, seed: int | None = None) -> None:
+        if n_startup_trials < 1:
+            raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
+        self._n_startup_trials = n_startup_trials
+        self._rng = np.random.default_rng(seed)
+        self._fallback = RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._fallback.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if not (isinstance(param_distribution, FloatDistribution) and param_distribution.log):
+            return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+        low, high = math.log(param_distribution.low), math.log(param_distribution.high)
+        earlier = [t for t in study._get_trials(deepcopy=False, use_cache=False)
+                   if param_name in t.params and t.number != trial.number and t.state != TrialState.FAIL]
+        earlier.sort(key=lambda t: t.number)
+        if len(earlier) < self._n_startup_trials:
+            x = self._spread(earlier, param_name, low, high)
+        else:
+            x = self._bracket_or_refine(earlier, param_name, study.direction, low, high)
+        return float(min(max(math.exp(x), param_distribution.low), param_distribution.high))
+
+    def _spread(self, earlier: Sequence[FrozenTrial], name: str, low: float, high: float) -> float:
+        first = (math.log(earlier[0].params[name]) - low) / (high - low) if earlier else self._rng.uniform()
+        return low + (first + len(earlier) * _GOLDEN) % 1.0 * (high - low)
+
+    def _bracket_or_refine(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
+                           low: float, high: float) -> float:
+        complete = [t for t in earlier if t.state == TrialState.COMPLETE]
+        if not complete:  # every run so far diverged (or still runs): search below the lowest divergence
+            return self._rng.uniform(low, min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high]))
+        sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+        best = min(complete, key=lambda t: sign * t.value)
+        x_best = math.log(best.params[name])
+        ran = [math.log(t.params[name]) for t in earlier
+               if t is not best and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_diverged(t)]
+        cliff = min([math.log(t.params[name]) for t in earlier if is_diverged(t)
+                     and math.log(t.params[name]) > x_best] + [high])
+        above = min([x for x in ran if x > x_best] + [math.inf])
+        below = max([x for x in ran if x < x_best] + [-math.inf])
+        if above > cliff and cliff - x_best > _MIN_GAP:
+            return (x_best + cliff) / 2
+        if below == -math.inf and x_best - low > _MIN_GAP:
+            return (x_best + low) / 2
+        reach_up = min(max(min(above, cliff) - x_best, _MIN_REACH), _MAX_REACH, cliff - x_best)
+        reach_down = min(max(x_best - below, _MIN_REACH), _MAX_REACH, x_best - low)
+        return self._rng.uniform(x_best - reach_down, x_best + reach_up)
