@@ -53,12 +53,15 @@ def cli() -> None:
 @click.option("--n-trials", type=click.IntRange(min=1), metavar="N",
               help="Finished trials to reach, across all workers (overrides the study file).")
 @click.option("--study-name", metavar="NAME", help="Study name (overrides the study file).")
-def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: str | None) -> None:
-    """Search the learning rate at every batch size of the study file SPEC.
+@click.option("--no-fit", is_flag=True, help="Do not fit the LR-versus-batch-size rules at the end.")
+def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: str | None,
+        no_fit: bool) -> None:
+    """Search the learning rate at every batch size of the study file SPEC, then fit the rules.
 
     Trials are shared evenly among batch sizes and pruned only against their own batch size.
     An existing study resumes until it holds n_trials finished (complete or pruned) trials;
-    batch sizes and the learning-rate range may grow between runs.
+    batch sizes and the learning-rate range may grow between runs. The fit (as `tuner fit`)
+    is stored in the study.
 
     \b
     Examples:
@@ -89,6 +92,51 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
     progress.close()
     click.echo(f"study '{spec.study.name}' in {redact(url)}:")
     click.echo(format_table(summarize(study, spec.search.batch_sizes)))
+    if not no_fit:
+        try:
+            _fit_and_show(study)
+        except InputError as e:  # the search itself succeeded; say why there is no fit yet
+            click.echo(f"\nnot fitted yet: {e}")
+
+
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+def fit(study_name: str, storage: str | None) -> None:
+    """Fit the optimal learning rate as a function of batch size from the trials of STUDY.
+
+    Estimates the optimum at each batch size with an interval, fits the linear, square-root,
+    power-law and saturating rules, compares them, and stores the result in the study (user
+    attribute lr_batch_fit, a note and a figure for optuna-dashboard). Re-fitting replaces them.
+
+    \b
+    Examples:
+      tuner fit quadratic
+      tuner fit digits-mlp-sgd --storage sqlite:///studies.db
+    """
+    _fit_and_show(_load_study(study_name, storage))
+
+
+def _load_study(study_name: str, storage: str | None):
+    import optuna
+
+    from tuner.storage import open_storage, redact, storage_url
+
+    url = storage_url(storage)
+    opened = open_storage(url, create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+    if study_name not in names:
+        known = f"; it has {', '.join(sorted(names))}" if names else "; it holds no studies"
+        raise InputError(f"no study named '{study_name}' in {redact(url)}{known}")
+    return optuna.load_study(study_name=study_name, storage=opened)
+
+
+def _fit_and_show(study) -> None:
+    from tuner.fit import fit_study, format_fit, save_fit
+
+    result = fit_study(study)
+    save_fit(study, result)
+    click.echo("\n" + format_fit(result))
 
 
 @cli.command()

@@ -16,6 +16,9 @@ from enum import StrEnum
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+SPEC_ATTR = "tuner_spec"  # study user attribute: the study file it was run with (tuner.spec)
+FIT_ATTR = "lr_batch_fit"  # study user attribute: the fit result (tuner.fit, DESIGN.md schema)
+
 BATCH_SIZE = "batch_size"
 LR = "lr"
 OUTCOME = "outcome"

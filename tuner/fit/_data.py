@@ -1,0 +1,101 @@
+"""What a study says about each batch size: the trials a fit reads, as arrays in log-lr.
+
+Only the fields ``tuner run`` writes are read (see ``tuner.trials``), and a plain Optuna study with
+``batch_size`` and ``lr`` params fits too: PRUNED without an ``outcome`` attribute counts as pruned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.trials import BATCH_SIZE, LR, SPEC_ATTR, is_diverged
+
+
+
+@dataclass(frozen=True)
+class BatchTrials:
+    """One batch size's finished trials; every ``x`` is the natural log of a learning rate."""
+
+    batch_size: int
+    x: np.ndarray           # complete trials
+    value: np.ndarray       # their final metric, as stored
+    pruned_x: np.ndarray    # stopped by the pruner: did worse than the median, final value unknown
+    diverged_x: np.ndarray  # NaN/inf: the optimum lies below each of these
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.x) + len(self.pruned_x) + len(self.diverged_x)
+
+
+@dataclass(frozen=True)
+class StudyData:
+    study_name: str
+    maximize: bool
+    batches: list[BatchTrials]     # ascending batch size
+    lr_range: tuple[float, float]  # the widest range searched
+
+
+@dataclass
+class _Group:
+    x: list[float] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    pruned_x: list[float] = field(default_factory=list)
+    diverged_x: list[float] = field(default_factory=list)
+
+    def add(self, trial: FrozenTrial, x: float) -> None:
+        value = trial.value
+        if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):
+            self.x.append(x)
+            self.value.append(value)
+        elif is_diverged(trial) or trial.state == TrialState.COMPLETE:  # a non-finite final value diverged too
+            self.diverged_x.append(x)
+        else:
+            self.pruned_x.append(x)
+
+    def freeze(self, batch_size: int) -> BatchTrials:
+        return BatchTrials(batch_size, *(np.asarray(v, dtype=float) for v in
+                                         (self.x, self.value, self.pruned_x, self.diverged_x)))
+
+
+def read_study(study: optuna.Study) -> StudyData:
+    """Group the study's finished trials by batch size (plus the batch sizes its stored spec lists)."""
+    groups = {b: _Group() for b in _spec_batch_sizes(study)}
+    low, high = _spec_lr_range(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        batch_size, lr = trial.params.get(BATCH_SIZE), trial.params.get(LR)
+        if batch_size is None or lr is None or not lr > 0:
+            continue
+        groups.setdefault(int(batch_size), _Group()).add(trial, math.log(lr))
+        distribution = trial.distributions.get(LR)
+        if isinstance(distribution, FloatDistribution):
+            low, high = min(low, distribution.low), max(high, distribution.high)
+    batches = [groups[b].freeze(b) for b in sorted(groups)]
+    if not math.isfinite(low):  # neither a distribution nor a spec: the searched span is all we know
+        tried = np.concatenate([np.r_[b.x, b.pruned_x, b.diverged_x] for b in batches] or [np.zeros(0)])
+        low, high = (math.exp(tried.min()), math.exp(tried.max())) if len(tried) else (math.nan, math.nan)
+    maximize = len(study.directions) == 1 and study.direction == StudyDirection.MAXIMIZE
+    return StudyData(study.study_name, maximize, batches, (low, high))
+
+
+def _search_table(study: optuna.Study) -> dict:
+    spec = study.user_attrs.get(SPEC_ATTR)
+    search = spec.get("search") if isinstance(spec, dict) else None
+    return search if isinstance(search, dict) else {}
+
+
+def _spec_batch_sizes(study: optuna.Study) -> list[int]:
+    sizes = _search_table(study).get("batch_sizes") or []
+    return [b for b in sizes if isinstance(b, int) and not isinstance(b, bool) and b > 0]
+
+
+def _spec_lr_range(study: optuna.Study) -> tuple[float, float]:
+    lr = _search_table(study).get("lr")
+    if isinstance(lr, list) and len(lr) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in lr):
+        return float(min(lr)), float(max(lr))
+    return math.inf, -math.inf

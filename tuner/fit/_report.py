@@ -1,0 +1,153 @@
+"""A fit result for people: terminal text, a markdown note and a figure for optuna-dashboard."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.fit._result import FitResult
+from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT
+
+RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", "power": "#9467bd", SATURATING: "#d62728"}
+
+
+def format_fit(result: FitResult) -> str:
+    """The verdict, the per-batch optima and the rule comparison, as plain text for a terminal."""
+    lines = [f"study '{result.study}' ({result.direction}): optimal learning rate by batch size", "",
+             result.verdict, "", "Per batch size (95% bootstrap interval):"]
+    lines += _aligned(_optima_rows(result))
+    lines += ["", "Rules (fitted to the optima above; * recommended):"]
+    lines += _aligned(_rule_rows(result))
+    lines += ["", ("How much worse the metric ends following each rule than at each batch size's optimum, "
+                   "in the metric's units ('-': not measured there; 'diverges': a learning rate that diverged):")]
+    lines += _aligned(_cost_rows(result))
+    if result.warnings:
+        lines += [""] + [f"! {w}" for w in result.warnings]
+    return "\n".join(lines)
+
+
+def to_markdown(result: FitResult) -> str:
+    """The study note: verdict, per-batch table, rule comparison."""
+    parts = [f"## Learning rate × batch size\n\n**{result.verdict}**",
+             "### Optimal learning rate per batch size\n" + _table(_optima_rows(result)),
+             "### Rules\nFitted to the per-batch optima, weighted by their intervals; "
+             "**BIC** pays for parameters (lower is better), **leave-one-out** is the typical factor by "
+             "which the rule, fitted without a batch size, misses its optimum.\n\n" + _table(_rule_rows(result)),
+             "### Cost of following each rule\nHow much worse the metric ends at each batch size than at "
+             "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
+    if result.warnings:
+        parts.append("### Warnings\n" + "\n".join(f"- {w}" for w in result.warnings))
+    parts.append(f"<sub>tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note.</sub>")
+    return "\n\n".join(parts)
+
+
+def make_figure(result: FitResult):
+    """Per-batch optima with intervals on log-log axes, the fitted rules, and the linear and
+    square-root rules scaled from the reference batch size."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    measured = [o for o in result.optima if o.lr is not None]
+    for usable, label, symbol in ((True, "optimum (95% interval)", "circle"),
+                                  (False, "optimum at the edge of the LR range", "circle-open")):
+        points = [o for o in measured if o.usable == usable]
+        if points:
+            figure.add_trace(go.Scatter(
+                x=[o.batch_size for o in points], y=[o.lr for o in points], mode="markers", name=label,
+                marker={"size": 9, "symbol": symbol, "color": "black"},
+                error_y={"type": "data", "symmetric": False, "array": [o.ci[1] - o.lr for o in points],
+                         "arrayminus": [o.lr - o.ci[0] for o in points]}))
+    grid = np.geomspace(min(result.batch_sizes) / 1.5, max(result.batch_sizes) * 1.5, 200)
+    for name in RULE_NAMES:
+        rule, best = result.rules[name], name == result.recommended
+        figure.add_trace(go.Scatter(
+            x=grid, y=rule.predict(grid), mode="lines",
+            name=f"{name}{' (recommended)' if best else ''}: {rule.formula(digits=3)}",
+            line={"color": RULE_COLORS[name], "width": 3 if best else 1.5, "dash": "solid" if best else "dot"}))
+    for name in (LINEAR, SQRT):
+        figure.add_trace(go.Scatter(
+            x=result.batch_sizes, y=result.rules[name].stats["anchored_lr"], mode="lines",
+            name=f"{name} rule scaled from B={result.reference_batch_size}",
+            line={"color": RULE_COLORS[name], "dash": "dash"}))
+    figure.add_vline(x=result.critical_batch_size, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"},
+                     annotation_text=f"B_noise≈{result.critical_batch_size:.3g}")
+    figure.update_layout(title=f"Optimal learning rate vs batch size: {result.study}", template="plotly_white",
+                         xaxis={"type": "log", "title": "batch size"}, yaxis={"type": "log", "title": "learning rate"},
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.2})
+    return figure
+
+
+def _optima_rows(result: FitResult) -> list[list[str]]:
+    rows = [["batch", "optimal lr", "interval", "trials", "complete", "pruned", "diverged", "notes"]]
+    for o in result.optima:
+        interval = f"{o.ci[0]:.3g} – {o.ci[1]:.3g}" if o.ci else "-"
+        rows.append([str(o.batch_size), f"{o.lr:.3g}" if o.lr else "-", interval, str(o.n_trials),
+                     str(o.n_complete), str(o.n_pruned), str(o.n_diverged), ", ".join(o.flags)])
+    return rows
+
+
+def _rule_rows(result: FitResult) -> list[list[str]]:
+    rows = [["rule", "formula", "BIC", "AIC", "leave-one-out", "worst miss", "notes"]]
+    for name in RULE_NAMES:
+        rule = result.rules[name]
+        stats = rule.stats
+        lobo = stats.get("lobo_error")
+        rows.append([name + ("*" if name == result.recommended else ""), rule.formula(), f"{stats['bic']:.1f}",
+                     f"{stats['aic']:.1f}", f"×{lobo:.2f}" if lobo else "-", f"×{stats['max_factor']:.2f}",
+                     _rule_note(name, stats)])
+    return rows
+
+
+def _rule_note(name: str, stats: dict) -> str:
+    if name == "power":
+        low, high = stats["alpha_ci"]
+        return f"α 95% CI {low:.2f} to {high:.2f}"
+    if name == SATURATING:
+        low, high = stats["b_noise_ci"]
+        return f"B_noise 95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
+    return ""
+
+
+def _cost_rows(result: FitResult) -> list[list[str]]:
+    rows = [["batch", *(n + ("*" if n == result.recommended else "") for n in RULE_NAMES)]]
+    decimals = _decimals([o.best_value for o in result.optima if o.best_value is not None])
+    for i, b in enumerate(result.batch_sizes):
+        rows.append([str(b)] + [_cost(result.rules[n].stats, i, decimals) for n in RULE_NAMES])
+    return rows
+
+
+def _decimals(values: list[float]) -> int:
+    """Decimals that show the metric to about three significant figures of its best values."""
+    scale = float(np.median(np.abs(values))) if values else 1.0
+    return max(0, 2 - math.floor(math.log10(scale))) if scale > 0 else 3
+
+
+def _cost(stats: dict, i: int, decimals: int) -> str:
+    if stats["diverges"][i]:
+        return "diverges"
+    cost = stats["metric_cost"][i]
+    return "-" if cost is None else f"+{cost:.{decimals}f}"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Plain-text columns: numbers right-aligned, text left-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    numeric = [all(_numeric(row[i]) for row in rows[1:]) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.rjust(w) if num else cell.ljust(w)
+                             for cell, w, num in zip(row, widths, numeric)).rstrip() for row in rows]
+
+
+def _numeric(cell: str) -> bool:
+    if cell in ("-", "diverges"):
+        return True
+    try:
+        float(cell.lstrip("+×").rstrip("*"))
+        return True
+    except ValueError:
+        return False
+
+
+def _table(rows: list[list[str]]) -> str:
+    header, *body = rows
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell or " " for cell in row) + " |" for row in body])

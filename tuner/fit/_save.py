@@ -1,0 +1,29 @@
+"""Store a fit in its study, where every Optuna tool can read it and optuna-dashboard shows it.
+
+Re-fitting replaces all three: the user attribute, the study note and the figure (fixed id).
+"""
+from __future__ import annotations
+
+import optuna
+
+from tuner.fit._report import make_figure, to_markdown
+from tuner.fit._result import FitResult
+from tuner.trials import FIT_ATTR
+
+FIGURE_ID = "lr-batch-fit"
+
+
+def save_fit(study: optuna.Study, result: FitResult) -> None:
+    """Write ``result`` to ``study.user_attrs["lr_batch_fit"]`` (plain JSON, DESIGN.md schema), the
+    study's note (markdown) and its dashboard figure."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    study.set_user_attr(FIT_ATTR, result.to_dict())
+    save_note(study, to_markdown(result))
+    save_plotly_graph_object(study, make_figure(result), graph_object_id=FIGURE_ID)
+
+
+def load_fit(study: optuna.Study) -> FitResult | None:
+    """The fit stored in ``study``, or None when it has not been fitted."""
+    stored = study.user_attrs.get(FIT_ATTR)
+    return None if stored is None else FitResult.from_dict(stored)

@@ -1,0 +1,175 @@
+"""Which rule to use over which batch range, with numbers a person can act on.
+
+The recommendation is the rule with the lowest BIC; rules within ``BIC_TIE`` of it count as just as
+good, and then the one with fewer parameters wins (a rule people already know, when the data cannot
+tell it apart from a fancier one), then the lower BIC.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.fit._optimum import (
+    EDGE_HIGH,
+    EDGE_LOW,
+    FEW_TRIALS,
+    NO_COMPLETE,
+    BatchOptimum,
+)
+from tuner.fit._rules import LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
+
+BIC_TIE = 2.0      # "positive evidence" on the usual BIC scale (Kass & Raftery 1995)
+TOLERANCE = 1.25   # a simpler rule "holds" where it is within this factor of the fitted one
+RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power law", SATURATING: "saturating rule"}
+
+
+def recommend(rules: dict[str, Rule]) -> str:
+    best = min(rule.stats["bic"] for rule in rules.values())
+    close = [name for name in RULE_NAMES if rules[name].stats["bic"] <= best + BIC_TIE]
+    return min(close, key=lambda name: (N_PARAMS[name], rules[name].stats["bic"]))
+
+
+def add_costs(rules: dict[str, Rule], optima: list[BatchOptimum]) -> None:
+    """Per batch size, for each rule: how much worse the metric ends following it than at the
+    optimum (metric units; None where not measured), whether its LR is one that diverged, and the
+    largest factor between it and a measured optimum."""
+    batch_sizes = [o.batch_size for o in optima]
+    for rule in rules.values():
+        lrs = np.atleast_1d(rule.predict(batch_sizes))
+        costs = [o.valley.worse_by(float(lr)) if o.valley is not None else None for o, lr in zip(optima, lrs)]
+        rule.stats.update(
+            metric_cost=[None if c is None or c == math.inf else c for c in costs],
+            diverges=[c == math.inf for c in costs],
+            max_factor=max(_factor(float(lr), o.lr) for o, lr in zip(optima, lrs) if o.usable))
+
+
+def anchored(rule_name: str, reference: BatchOptimum, batch_sizes: list[int]) -> list[float]:
+    """The linear or square-root rule as people use it: scaled from the optimum at one batch size."""
+    alpha = 1.0 if rule_name == LINEAR else 0.5
+    return [reference.lr * (b / reference.batch_size) ** alpha for b in batch_sizes]
+
+
+def regimes(rule: Rule) -> tuple[float, float]:
+    """Batch sizes below which the saturating rule is within TOLERANCE of linear scaling, and above
+    which it is within TOLERANCE of its plateau lr_max."""
+    b_noise = rule.params["b_noise"]
+    return b_noise * (TOLERANCE - 1.0), b_noise / (TOLERANCE - 1.0)
+
+
+def write_verdict(rules: dict[str, Rule], recommended: str, optima: list[BatchOptimum],
+                  reference: BatchOptimum) -> str:
+    rule = rules[recommended]
+    batch_sizes = [o.batch_size for o in optima]
+    rivals = [name for name in RULE_NAMES if name != recommended
+              and rules[name].stats["bic"] <= rule.stats["bic"] + BIC_TIE]
+    parts = [f"Use the {RULE_LABELS[recommended]}: {rule.formula(digits=3)}."]
+    if recommended == SATURATING:
+        parts.append(_saturation(rule, rules[POWER], batch_sizes, power_is_rival=POWER in rivals))
+    else:
+        parts.append(_exponent(rules[POWER], rules[SATURATING], recommended))
+    parts += [_rival(rules[name], rule) for name in rivals]
+    parts.append(_cost(rule, batch_sizes))
+    parts.append(_anchored_misses(rule, reference, optima, recommended))
+    return " ".join(p for p in parts if p)
+
+
+def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival: bool) -> str:
+    linear_to, flat_from = regimes(rule)
+    beyond = " (beyond the batch sizes measured)"
+    text = (f"Linear scaling holds (within ×{TOLERANCE:g}) up to B≈{_size(linear_to)}"
+            f"{beyond if linear_to < batch_sizes[0] else ''}; from B≈{_size(flat_from)}"
+            f"{beyond if flat_from > batch_sizes[-1] else ''} the optimum is flat at lr≈{rule.params['lr_max']:.3g}; "
+            f"the critical batch size is B≈{_size(rule.params['b_noise'])} ({_b_noise_ci(rule)}).")
+    alpha = power.params["alpha"]
+    if 0.0 < alpha < 1.0 and not power_is_rival:
+        text += (f" A single power law would give α={alpha:.2f} across B={batch_sizes[0]}…{batch_sizes[-1]}: "
+                 "the in-between slope of a curve that bends, not evidence for the square-root rule.")
+    return text
+
+
+def _rival(rival: Rule, chosen: Rule) -> str:
+    """A rule the data cannot tell from the recommended one."""
+    low, high = rival.stats.get("alpha_ci", (None, None))
+    extra = f" (α 95% CI {low:.2f} to {high:.2f})" if rival.name == POWER else ""
+    return (f"The {RULE_LABELS[rival.name]} fits about as well (BIC {rival.stats['bic']:.1f} against "
+            f"{chosen.stats['bic']:.1f}): {rival.formula(digits=3)}{extra}; more batch sizes or trials "
+            "would tell them apart.")
+
+
+def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
+    alpha, (low, high) = power.params["alpha"], power.stats["alpha_ci"]
+    agree = [label for label, a in (("the linear rule", 1.0), ("the square-root rule", 0.5),
+                                    ("a learning rate that does not depend on the batch size", 0.0))
+             if low <= a <= high]
+    text = (f"The fitted exponent is α={alpha:.2f} (95% CI {low:.2f} to {high:.2f}): "
+            + (f"consistent with {' and with '.join(agree)}." if agree
+               else "neither linear (α=1) nor square-root (α=0.5) scaling."))
+    floor = saturating.stats["b_noise_ci"][0]
+    if recommended == LINEAR and floor is not None:
+        text += f" No saturation is seen: the critical batch size is above B≈{_size(floor)} (95%)."
+    return text
+
+
+def _cost(rule: Rule, batch_sizes: list[int]) -> str:
+    costs = [(c, b) for c, b in zip(rule.stats["metric_cost"], batch_sizes) if c is not None]
+    if any(rule.stats["diverges"]):
+        where = [str(b) for b, d in zip(batch_sizes, rule.stats["diverges"]) if d]
+        return f"Careful: at B={', '.join(where)} its learning rate is one that diverged."
+    if not costs:
+        return ""
+    worst, at = max(costs)
+    return f"Following it costs at most {worst:.2g} in the metric (at B={at}) against each batch size's optimum."
+
+
+def _anchored_misses(rule: Rule, reference: BatchOptimum, optima: list[BatchOptimum], recommended: str) -> str:
+    """How far the textbook rules, scaled from the reference batch size, land from the recommendation."""
+    batch_sizes = [o.batch_size for o in optima]
+    target = np.atleast_1d(rule.predict(batch_sizes))
+    misses = []
+    for name in (LINEAR, SQRT):
+        if name == recommended:
+            continue
+        lrs = anchored(name, reference, batch_sizes)
+        worst = int(np.argmax(np.abs(np.log(np.asarray(lrs) / target))))
+        factor = _factor(lrs[worst], target[worst])
+        if factor >= TOLERANCE:
+            valley = optima[worst].valley
+            diverges = valley is not None and valley.loss_at(math.log(lrs[worst])) == math.inf
+            misses.append(f"the {RULE_LABELS[name]} would {'over' if lrs[worst] > target[worst] else 'under'}"
+                          f"-shoot ×{factor:.1f} at B={batch_sizes[worst]}{' and diverge' if diverges else ''}")
+    if not misses:
+        return ""
+    return f"Scaled from B={reference.batch_size} (lr={reference.lr:.3g}), " + "; ".join(misses) + "."
+
+
+def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> list[str]:
+    """What to do about batch sizes whose optimum is uncertain or missing."""
+    notes = []
+    for o in optima:
+        if NO_COMPLETE in o.flags:
+            notes.append(f"B={o.batch_size}: no complete trial; run more trials (left out of the rules).")
+        if EDGE_LOW in o.flags:
+            notes.append(f"B={o.batch_size}: the best trial (lr={o.best_lr:.3g}) is the lowest LR tried, so the "
+                         f"optimum may lie lower: widen the LR range below {lr_range[0]:.3g} (left out of the rules).")
+        if EDGE_HIGH in o.flags:
+            notes.append(f"B={o.batch_size}: the best trial (lr={o.best_lr:.3g}) is the highest LR tried, so the "
+                         f"optimum may lie higher: widen the LR range above {lr_range[1]:.3g} (left out of the rules).")
+        if FEW_TRIALS in o.flags:
+            notes.append(f"B={o.batch_size}: only {o.n_complete} complete trial{'s' * (o.n_complete != 1)}, "
+                         "so its interval is rough: run more trials.")
+    return notes
+
+
+def _b_noise_ci(rule: Rule) -> str:
+    low, high = rule.stats["b_noise_ci"]
+    return f"95% CI {_size(low) if low else '0'} to {_size(high) if high else '∞'}"
+
+
+def _factor(a: float, b: float) -> float:
+    return math.exp(abs(math.log(a / b)))
+
+
+def _size(value: float) -> str:
+    """A batch size as people say it: a whole number from 10 up, two significant figures below."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
