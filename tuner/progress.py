@@ -15,11 +15,13 @@ from tuner.trials import BATCH_SIZE, ERROR, LR, count_finished
 class TrialProgress:
     """An Optuna callback that draws the bar (on a terminal) and reports failed trials (always)."""
 
-    def __init__(self, study: optuna.Study, n_trials: int, batch_sizes: list[int]) -> None:
+    def __init__(self, study: optuna.Study, n_trials: int, batch_sizes: list[int], enabled: bool = True) -> None:
         self._maximize = study.direction == StudyDirection.MAXIMIZE
+        self._batch_sizes = batch_sizes
         self._rows = {r.batch_size: r for r in summarize(study, batch_sizes)}
         self._bar = tqdm(total=n_trials, initial=min(count_finished(study), n_trials), unit="trial",
-                         desc=study.study_name, file=sys.stderr, disable=None, dynamic_ncols=True)
+                         desc=study.study_name, file=sys.stderr, disable=None if enabled else True,
+                         dynamic_ncols=True)
         self._show_best()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -27,8 +29,15 @@ class TrialProgress:
         if batch_size is not None:
             self._rows.setdefault(batch_size, BatchSummary(batch_size)).add(trial, self._maximize)
         if trial.state == TrialState.FAIL:
-            tqdm.write(f"trial {trial.number} failed (batch {batch_size}, lr {trial.params.get(LR, float('nan')):.3g}): "
+            lr = trial.params.get(LR, float("nan"))
+            tqdm.write(f"trial {trial.number} failed (batch {batch_size}, lr {lr:.3g}): "
                        f"{trial.user_attrs.get(ERROR, 'interrupted')}", file=sys.stderr)
+        self._bar.n = min(count_finished(study), self._bar.total)
+        self._show_best()
+
+    def refresh(self, study: optuna.Study) -> None:
+        """Redraw from the storage: trials finished by other processes (workers) included."""
+        self._rows = {r.batch_size: r for r in summarize(study, self._batch_sizes)}
         self._bar.n = min(count_finished(study), self._bar.total)
         self._show_best()
 

@@ -17,9 +17,19 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, WorkloadFailing
+from tuner.recovery import mark_worker, recover_dead_trials
 from tuner.search import BatchSizePruner, BatchSizeSampler, ValleySampler
 from tuner.spec import StudySpec, parse_spec
-from tuner.trials import BATCH_SIZE, ERROR, FINISHED, LR, SPEC_ATTR, count_finished
+from tuner.trials import (
+    BATCH_SIZE,
+    ERROR,
+    FINISHED,
+    INFEASIBLE_ATTR,
+    LR,
+    OUT_OF_MEMORY,
+    SPEC_ATTR,
+    count_finished,
+)
 from tuner.workload import Workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
@@ -87,6 +97,7 @@ def objective_for(spec: StudySpec, workload: Workload) -> Callable[[optuna.Trial
     sizes, (low, high) = spec.search.batch_sizes, spec.search.lr
 
     def objective(trial: optuna.Trial) -> float:
+        mark_worker(trial.study, trial)
         # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
         batch_size = trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True)
         lr = trial.suggest_float(LR, low, high, log=True)
@@ -101,13 +112,38 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
     ones, counting every worker's. Raises WorkloadFailing when MAX_CONSECUTIVE_FAILURES trials
     fail in a row.
     """
+    recover_dead_trials(study)
     if count_finished(study) >= spec.study.n_trials:
         return
     guard = _FailureGuard(MAX_CONSECUTIVE_FAILURES)
     stop_at_target = MaxTrialsCallback(spec.study.n_trials, states=FINISHED)
+    memory = _OutOfMemory(spec.search.batch_sizes)
     study.optimize(objective_for(spec, workload), catch=(Exception,),
-                   callbacks=[stop_at_target, guard, *callbacks])
+                   callbacks=[stop_at_target, memory, guard, *callbacks])
+    memory.raise_if_all_infeasible()
     guard.raise_if_tripped()
+
+
+class _OutOfMemory:
+    """Lists a batch size that ran out of memory as infeasible: the sampler gives it no more trials
+    (retrying would fail the same way) and the fit leaves it out."""
+
+    def __init__(self, batch_sizes: list[int]) -> None:
+        self.batch_sizes = batch_sizes
+        self.infeasible: list[int] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not trial.user_attrs.get(OUT_OF_MEMORY):
+            return
+        self.infeasible = sorted(set(study.user_attrs.get(INFEASIBLE_ATTR, [])) | {trial.params[BATCH_SIZE]})
+        study.set_user_attr(INFEASIBLE_ATTR, self.infeasible)
+        if set(self.batch_sizes) <= set(self.infeasible):
+            study.stop()
+
+    def raise_if_all_infeasible(self) -> None:
+        if set(self.batch_sizes) <= set(self.infeasible):
+            raise WorkloadFailing(f"every batch size ran out of memory ({self.infeasible}); "
+                                  "try smaller batch sizes or a smaller model")
 
 
 class _FailureGuard:

@@ -9,18 +9,25 @@ workload's own time against x1.37-1.41 for SQLite with TPE and a median pruner).
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
 from tuner.errors import InputError
 
 DEFAULT_STORAGE = "tuner.journal"
 STORAGE_ENV = "TUNER_STORAGE"
+# Database storages: a worker's running trial beats every $TUNER_HEARTBEAT_INTERVAL seconds (5);
+# one silent for $TUNER_HEARTBEAT_GRACE seconds (20) (its worker was killed, or its machine lost)
+# is failed and retried up to MAX_RETRY times with the same parameters.
+MAX_RETRY = 3
+_CREATE_ATTEMPTS = 5
 
 
 def storage_url(given: str | None) -> str:
@@ -76,14 +83,46 @@ def _open_rdb(url: str, create: bool) -> RDBStorage:
     except (ArgumentError, NoSuchModuleError, ValueError):
         raise InputError(f"storage {shown}: unknown or malformed URL; use sqlite:///FILE, "
                          "postgresql+psycopg://USER:PASSWORD@HOST/DB, or a journal file path") from None
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
         _check_sqlite_path(parsed.database, shown, create)
-    engine_kwargs = {} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create)
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise InputError(f"storage {shown}: cannot open: {reason.replace(url, shown)}") from None
+    # SQLite: wait for another local worker's write instead of failing with "database is locked";
+    # servers: test pooled connections before use, so a run survives the server dropping idle ones.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
+                                  heartbeat_interval=_seconds("TUNER_HEARTBEAT_INTERVAL", 5),
+                                  grace_period=_seconds("TUNER_HEARTBEAT_GRACE", 20),
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      max_retry=MAX_RETRY))
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as e:
+            # Workers starting at once race to create the tables: the losers retry and find them made.
+            raced = (IntegrityError, ProgrammingError)
+            if (isinstance(e, raced) or isinstance(e.__cause__, raced)) and attempt < _CREATE_ATTEMPTS - 1:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise InputError(f"storage {shown}: cannot open: {_root_cause(e).replace(url, shown)}") from None
+    raise AssertionError("unreachable")
+
+
+def _root_cause(error: BaseException) -> str:
+    """The driver's own first line ('password authentication failed ...'), under Optuna's and
+    SQLAlchemy's wrappers."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    error = getattr(error, "orig", None) or error
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _seconds(variable: str, default: int) -> int:
+    value = os.environ.get(variable, str(default))
+    if not value.isdigit() or int(value) == 0:
+        raise InputError(f"${variable} must be a whole number of seconds, got {value!r}")
+    return int(value)
 
 
 def _check_sqlite_path(database: str | None, shown: str, create: bool) -> None:

@@ -8,6 +8,9 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
   tools treat it as a bad trial, without a sentinel value squashing the plots) or ``failed``.
 * ``samples``: training samples seen, the largest step the workload reported.
 * ``error``: for a failed trial, the exception and where it was raised.
+* ``retry_of``: on a trial re-run because the worker of that earlier trial died.
+* ``out_of_memory``: true on a failed trial that ran out of memory; its batch size is then listed
+  in the study's ``infeasible_batch_sizes`` and gets no more trials.
 """
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 SPEC_ATTR = "tuner_spec"  # study user attribute: the study file it was run with (tuner.spec)
 FIT_ATTR = "lr_batch_fit"  # study user attribute: the fit result (tuner.fit, DESIGN.md schema)
+INFEASIBLE_ATTR = "infeasible_batch_sizes"  # study user attribute: batch sizes that ran out of memory
 
 BATCH_SIZE = "batch_size"
 LR = "lr"
 OUTCOME = "outcome"
 SAMPLES = "samples"
 ERROR = "error"
+RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker died
+OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -153,9 +153,16 @@ def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: floa
         raise
     except Exception as e:
         _record(trial, run, Outcome.FAILED, error=describe_exception(e))
+        if is_out_of_memory(e):
+            trial.set_user_attr(trials.OUT_OF_MEMORY, True)
         raise
     _record(trial, run, Outcome.COMPLETE)
     return value
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Host or device memory ran out (torch.cuda.OutOfMemoryError, checked without importing torch)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
 
 
 def _as_metric(value: Any) -> float:

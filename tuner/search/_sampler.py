@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search._valley import ValleySampler
 from tuner.search._view import BatchSizeView
-from tuner.trials import BATCH_SIZE, LR
+from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR
 
 # Every trial takes its batch size's turn, failed ones too: otherwise a batch size where some
 # learning rates crash would be retried until it took every trial.
@@ -25,8 +25,9 @@ class BatchSizeSampler(BaseSampler):
 
     Plain TPE over learning rate and batch size chases the best batch size and starves the others.
     This sampler gives every batch size an equal share of trials (the next trial goes to the batch
-    size with the fewest) and proposes the learning rate with ``lr_sampler`` fed a view of the study
-    that holds only that batch size's trials: one independent search per batch size.
+    size with the fewest; none to those listed in the study's user attribute
+    ``infeasible_batch_sizes``) and proposes the learning rate with ``lr_sampler`` fed a view of
+    the study that holds only that batch size's trials: one independent search per batch size.
 
     The objective asks for ``batch_size`` first, then ``lr`` on a log scale. Use an int distribution
     for the batch size so that batch sizes can be added to a running study::
@@ -92,8 +93,10 @@ class BatchSizeSampler(BaseSampler):
     def _next_batch_size(self, study: optuna.Study) -> int:
         trials = study._get_trials(deepcopy=False, states=_ALLOCATED, use_cache=False)
         counts = Counter(t.params.get(BATCH_SIZE) for t in trials)
-        fewest = min(counts[b] for b in self._batch_sizes)
-        candidates = [b for b in self._batch_sizes if counts[b] == fewest]
+        infeasible = set(study.user_attrs.get(INFEASIBLE_ATTR, ()))
+        feasible = [b for b in self._batch_sizes if b not in infeasible] or self._batch_sizes
+        fewest = min(counts[b] for b in feasible)
+        candidates = [b for b in feasible if counts[b] == fewest]
         return candidates[int(self._rng.integers(len(candidates)))]
 
     @staticmethod

@@ -1,0 +1,183 @@
+"""Scale-out and faults, against a real PostgreSQL server (started by conftest), SQLite and journal
+files: concurrent workers, SIGKILLed workers and resumes, bad input. Nothing finished may be lost."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import spec_dict, toml_text, tuner
+from optuna.trial import TrialState
+
+import tuner.errors as tuner_errors
+from tuner.storage import open_storage
+
+SLOW_TRAIN = '''
+import math, time
+
+def train(run):
+    """lr* = 1e-3 B; each report waits run.options["sleep"] seconds, like a short real epoch."""
+    loss = 1 + math.log(run.lr / (1e-3 * run.batch_size)) ** 2
+    for k in range(1, 5):
+        time.sleep(run.options["sleep"])
+        run.report(k * 100 * run.batch_size, loss + (4 - k) * 0.1)
+    return loss
+'''
+FAST_HEARTBEAT = {"TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_HEARTBEAT_GRACE": "3"}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A folder with a slow user workload and a study file for it."""
+    (tmp_path / "slow_train.py").write_text(SLOW_TRAIN)
+
+    def write(n_trials: int, sleep: float, name: str = "study.toml") -> Path:
+        spec = spec_dict(study={"name": "dist", "n_trials": n_trials},
+                         workload={"target": "slow_train:train", "sleep": sleep})
+        (tmp_path / name).write_text(toml_text(spec))
+        return tmp_path / name
+    return write
+
+
+def load(url: str, name: str = "dist") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def finished(study):
+    return study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
+
+
+def snapshot(study):
+    return [(t.number, t.state, t.value, t.params, t.intermediate_values) for t in finished(study)]
+
+
+def start(args, cwd, env=None):
+    return subprocess.Popen([str(Path(sys.executable).parent / "tuner"), *args], cwd=cwd,
+                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_three_processes_share_one_postgres_study(project, postgres_url, tmp_path):
+    spec = project(n_trials=30, sleep=0.02)
+    runs = [start(["run", str(spec), "--storage", postgres_url, "--no-fit"], tmp_path) for _ in range(3)]
+    outputs = [r.communicate(timeout=300) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0, 0], [err for _, err in outputs]
+    study = load(postgres_url)
+    assert 30 <= len(finished(study)) <= 32  # at most workers - 1 over
+    assert not study.get_trials(states=[TrialState.RUNNING])
+    assert len(optuna.get_all_study_summaries(open_storage(postgres_url, create=False))) == 1
+    assert set(Counter(t.params["batch_size"] for t in study.trials)) == {8, 32, 128, 512}
+    workers = {t.system_attrs.get("tuner:worker") for t in study.trials}
+    assert workers == {None}  # heartbeats, not pids, cover database storages
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_local_workers_on_the_embedded_storages(project, tmp_path, storage):
+    url = str(tmp_path / "s.journal") if storage == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    p = tuner("run", str(project(n_trials=24, sleep=0.01)), "--storage", url, "--workers", "3", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    study = load(url)
+    assert 24 <= len(finished(study)) <= 26
+    assert not study.get_trials(states=[TrialState.RUNNING, TrialState.FAIL])
+    assert "lr_batch_fit" in study.user_attrs  # the coordinator fits at the end
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("storage", ["postgres", "journal"])
+def test_a_killed_worker_loses_nothing_and_the_rerun_resumes(project, tmp_path, request, storage):
+    url = request.getfixturevalue("postgres_url") if storage == "postgres" else str(tmp_path / "s.journal")
+    spec = project(n_trials=12, sleep=0.25)  # about 1 s a trial
+    args = ["run", str(spec), "--storage", url, "--no-fit"]
+    victim = start(args, tmp_path, FAST_HEARTBEAT)
+    def running_after_three():
+        try:
+            study = load(url)
+        except (KeyError, tuner_errors.InputError):  # not created yet
+            return False
+        return len(finished(study)) >= 3 and study.get_trials(states=[TrialState.RUNNING])
+
+    wait_for(running_after_three)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    before = load(url)
+    killed = before.get_trials(states=[TrialState.RUNNING])
+    assert len(killed) == 1
+    kept = snapshot(before)
+
+    if storage == "postgres":
+        time.sleep(4)  # past the grace period: its heartbeat has stopped
+    p = tuner(*args, cwd=tmp_path, env=FAST_HEARTBEAT)
+    assert p.returncode == 0, p.stderr
+    after = load(url)
+    assert snapshot(after)[:len(kept)] == kept  # nothing finished was lost or changed
+    assert len(finished(after)) == 12
+    assert not after.get_trials(states=[TrialState.RUNNING, TrialState.WAITING])
+    dead = after.trials[killed[0].number]
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in after.trials if t.number > dead.number and t.params == dead.params]
+    assert retries and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_bad_input_against_postgres_changes_nothing(project, postgres_url, tmp_path):
+    spec = project(n_trials=6, sleep=0.0)
+    assert tuner("run", str(spec), "--storage", postgres_url, cwd=tmp_path).returncode == 0
+    kept = (snapshot(load(postgres_url)), load(postgres_url).user_attrs)
+    other = project(n_trials=6, sleep=0.5, name="other.toml")  # same study name, other options
+    wrong_password = postgres_url.replace("s3cret-pw", "not-the-password")
+    cases = [
+        (["run", str(other), "--storage", postgres_url], "was run with workload"),
+        (["fit", "nope", "--storage", postgres_url], "no study named 'nope'"),
+        (["export", "nope", "--format", "json", "--storage", postgres_url], "no study named 'nope'"),
+        (["worker", "nope", "--storage", postgres_url], "no study named 'nope'"),
+        (["studies", "--storage", wrong_password], "password authentication failed"),
+        (["run", str(spec), "--storage", postgres_url.replace("postgresql+psycopg", "postgresql+nosuchdriver")],
+         "unknown or malformed URL"),
+    ]
+    for args, words in cases:
+        p = tuner(*args, cwd=tmp_path)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("Error: ") and p.stderr.count("\n") == 1, p.stderr
+        assert words in p.stderr, p.stderr
+        assert "s3cret-pw" not in p.stdout + p.stderr and "not-the-password" not in p.stderr
+    assert (snapshot(load(postgres_url)), load(postgres_url).user_attrs) == kept
+
+
+def test_a_worker_joins_with_the_spec_stored_in_the_study(project, postgres_url, tmp_path):
+    spec = project(n_trials=8, sleep=0.0)
+    assert tuner("run", str(spec), "--storage", postgres_url, "--no-fit", cwd=tmp_path).returncode == 0
+    p = start(["run", str(spec), "--storage", postgres_url, "--n-trials", "16", "--no-fit"], tmp_path)
+    time.sleep(1.0)
+    w = tuner("worker", "dist", "--storage", postgres_url, cwd=tmp_path)  # cwd holds slow_train.py
+    assert w.returncode == 0, w.stderr
+    assert p.wait(timeout=120) == 0
+    assert 16 <= len(finished(load(postgres_url))) <= 17
+
+
+def test_out_of_memory_marks_the_batch_size_infeasible(tmp_path):
+    (tmp_path / "oom_train.py").write_text(
+        "def train(run):\n"
+        "    if run.batch_size >= 128:\n"
+        "        raise MemoryError('no room for this batch')\n"
+        "    return run.lr\n")
+    spec = tmp_path / "study.toml"
+    spec.write_text(toml_text(spec_dict(study={"n_trials": 16}, workload={"target": "oom_train:train"})))
+    url = str(tmp_path / "s.journal")
+    p = tuner("run", str(spec), "--storage", url, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    study = load(url, "test")
+    assert study.user_attrs["infeasible_batch_sizes"] == [128, 512]
+    per_batch = Counter(t.params["batch_size"] for t in study.trials)
+    assert per_batch[128] == per_batch[512] == 1  # never retried
+    assert per_batch[8] + per_batch[32] == 16

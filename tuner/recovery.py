@@ -1,0 +1,66 @@
+"""Trials whose worker died (killed, machine lost): failed and retried with the same parameters.
+
+Database storages do this with Optuna's heartbeats (``tuner.storage``): a running trial that has
+not beaten for the grace period is failed and retried by the next trial any worker starts. A
+journal file has no heartbeat, so each trial records the process running it, and a run or worker
+starting on the same machine fails and retries the trials of processes that no longer exist.
+Finished trials are never touched.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from tuner.trials import RETRY_OF
+
+WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial
+
+
+def _this_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def uses_heartbeats(study: optuna.Study) -> bool:
+    return is_heartbeat_enabled(study._storage)
+
+
+def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record which process runs ``trial`` (where heartbeats do not cover it)."""
+    if not uses_heartbeats(study):
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _this_worker())
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead processes on this machine and queue their retries.
+
+    Returns the numbers of the trials failed.
+    """
+    if uses_heartbeats(study):
+        return []  # Optuna fails stale trials itself, at the start of each trial
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+        failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
