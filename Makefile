@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a GPU machine: make setup TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test
+.PHONY: setup system-packages demo test
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,5 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/tuner run studies/digits-mlp-sgd.toml
 
-test: setup
+# Chromium and PostgreSQL, which the browser and distributed tests start (installs as root).
+system-packages:
+	.ci/system-packages
+
+test: setup system-packages
 	$(PY) -m pytest

@@ -352,7 +352,7 @@ def test_reports_show_the_verdict_every_batch_size_and_every_rule(result):
     figure = make_figure(result)
     assert figure.layout.xaxis.type == "log" and figure.layout.yaxis.type == "log"
     names = " ".join(trace.name for trace in figure.data)
-    for name in ("linear", "sqrt", "power", "saturating", "optimum", f"scaled from B={result.reference_batch_size}"):
+    for name in ("linear", "sqrt", "power", "saturating", "optimum", f"from B={result.reference_batch_size}"):
         assert name in names
 
 

@@ -30,6 +30,14 @@ class _OneLineErrors(click.Group):
             _fail("aborted", 130)
 
 
+def _quoted(storage: str) -> str:
+    """The storage as the user may retype it: a URL's password masked by a shell variable."""
+    from tuner.storage import is_url, redact
+
+    shown = redact(storage)
+    return shown.replace(":***@", ":$PASSWORD@") if is_url(storage) else shown
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -53,50 +61,102 @@ def cli() -> None:
 @click.option("--n-trials", type=click.IntRange(min=1), metavar="N",
               help="Finished trials to reach, across all workers (overrides the study file).")
 @click.option("--study-name", metavar="NAME", help="Study name (overrides the study file).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Local worker processes (one CUDA device each when there are several).")
 @click.option("--no-fit", is_flag=True, help="Do not fit the LR-versus-batch-size rules at the end.")
 def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: str | None,
-        no_fit: bool) -> None:
+        workers: int, no_fit: bool) -> None:
     """Search the learning rate at every batch size of the study file SPEC, then fit the rules.
 
     Trials are shared evenly among batch sizes and pruned only against their own batch size.
     An existing study resumes until it holds n_trials finished (complete or pruned) trials;
     batch sizes and the learning-rate range may grow between runs. The fit (as `tuner fit`)
-    is stored in the study.
+    is stored in the study. The same command on several machines, with one PostgreSQL
+    --storage, shares the study among them.
 
     \b
     Examples:
       tuner run studies/quadratic.toml
       tuner run studies/digits-mlp-sgd.toml --storage sqlite:///studies.db --n-trials 200
+      tuner run studies/digits-mlp-sgd.toml --workers 4
     """
-    import optuna
-
-    from tuner.progress import TrialProgress
-    from tuner.runner import open_study, run_study
     from tuner.spec import load_spec
-    from tuner.storage import open_storage, redact, storage_url
-    from tuner.summary import format_table, summarize
     from tuner.workload import load_workload
 
     spec = load_spec(spec_file).with_overrides(name=study_name, n_trials=n_trials)
     workload = load_workload(spec, spec_file.parent)
-    url = storage_url(storage)
-    opened = open_storage(url, create=True)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
-    study = open_study(spec, opened)
-    progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes)
+    study, url = _search(spec, workload, storage, workers=workers, import_dirs=[spec_file.parent])
+    if no_fit:
+        return
     try:
-        run_study(study, spec, workload, callbacks=[progress])
+        _fit_and_show(study)
+    except InputError as e:  # the search itself succeeded; say why there is no fit yet
+        click.echo(f"\nnot fitted yet: {e}")
+        return
+    where = "" if storage is None else f" --storage {_quoted(storage)}"
+    click.echo(f"\nNext: browse it with `tuner dashboard{where}` (http://127.0.0.1:8080/dashboard/), or take the "
+               f"rule with `tuner export {spec.study.name}{where} --format python -o lr_rule.py`.")
+
+
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@click.option("--quiet", is_flag=True, help="No progress bar or summary (failed trials are still reported).")
+def worker(study_name: str, storage: str | None, quiet: bool) -> None:
+    """Join STUDY as one more worker, with the study file stored in it.
+
+    Run it on as many machines as you like, pointed at the same database: together the workers
+    stop at the study's n_trials. Workload modules are imported from the working directory.
+
+    \b
+    Example:
+      tuner worker digits-mlp-sgd --storage postgresql+psycopg://tuner:PASSWORD@db-host/studies
+    """
+    from tuner.runner import stored_spec
+    from tuner.workload import load_workload
+
+    spec = stored_spec(_load_study(study_name, storage))
+    if spec is None:
+        raise InputError(f"study '{study_name}' was not made by `tuner run`: it stores no study file to follow")
+    _search(spec, load_workload(spec), storage, quiet=quiet)
+
+
+def _search(spec, workload, storage: str | None, *, workers: int = 1, import_dirs=(), quiet: bool = False):
+    """Open or resume the spec's study and train until n_trials finished; show progress and a summary."""
+    import optuna
+
+    from tuner.progress import TrialProgress
+    from tuner.runner import open_study, run_study
+    from tuner.storage import open_storage, redact, storage_url
+    from tuner.summary import format_table, summarize
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
+    url = storage_url(storage)
+    study = open_study(spec, open_storage(url, create=True))
+    progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes, enabled=not quiet)
+    try:
+        if workers == 1:
+            run_study(study, spec, workload, callbacks=[progress])
+        else:
+            _run_workers(study, url, workers, list(import_dirs), progress)
     except KeyboardInterrupt:
         progress.close()
         _fail(f"interrupted; finished trials are kept in {redact(url)}: run the same command to resume", 130)
     progress.close()
-    click.echo(f"study '{spec.study.name}' in {redact(url)}:")
-    click.echo(format_table(summarize(study, spec.search.batch_sizes)))
-    if not no_fit:
-        try:
-            _fit_and_show(study)
-        except InputError as e:  # the search itself succeeded; say why there is no fit yet
-            click.echo(f"\nnot fitted yet: {e}")
+    if not quiet:
+        click.echo(f"study '{spec.study.name}' in {redact(url)}:")
+        click.echo(format_table(summarize(study, spec.search.batch_sizes)))
+    return study, url
+
+
+def _run_workers(study, url: str, workers: int, import_dirs: list[Path], progress) -> None:
+    from tuner.errors import WorkloadFailing
+    from tuner.workers import start_workers, wait
+
+    codes = wait(start_workers(study.study_name, url, workers, import_dirs), lambda: progress.refresh(study))
+    if any(codes):
+        raise WorkloadFailing(f"{sum(c != 0 for c in codes)} of {workers} workers failed "
+                              f"(exit codes {sorted(set(codes))}); their errors are above")
 
 
 @cli.command()
@@ -137,6 +197,74 @@ def _fit_and_show(study) -> None:
     result = fit_study(study)
     save_fit(study, result)
     click.echo("\n" + format_fit(result))
+
+
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@click.option("--format", "fmt", required=True, type=click.Choice(["json", "yaml", "python", "markdown"]),
+              help="json/yaml: the stored fit result; python: a module with lr_for_batch_size(); "
+                   "markdown: a report (with -o, its figure as a PNG beside it).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write to FILE instead of standard output.")
+def export(study_name: str, storage: str | None, fmt: str, output: Path | None) -> None:
+    """Export the fitted rule of STUDY (run `tuner fit` first) for your training code.
+
+    \b
+    Examples:
+      tuner export quadratic --format python -o lr_rule.py
+      tuner export quadratic --format markdown -o report.md
+      tuner export quadratic --format json
+    """
+    from tuner.export import export_fit, figure_path
+    from tuner.trials import FIT_ATTR
+
+    study = _load_study(study_name, storage)
+    fit = study.user_attrs.get(FIT_ATTR)
+    if fit is None:
+        raise InputError(f"study '{study_name}' has no fit yet: run `tuner fit {study_name}` first")
+    if output is not None and not output.parent.exists():
+        raise InputError(f"-o {output}: folder {output.parent} does not exist")
+    text = export_fit(fit, fmt, output)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        figure = f" and {figure_path(output)}" if fmt == "markdown" else ""
+        click.echo(f"wrote {output}{figure}", err=True)
+
+
+@cli.command()
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+def dashboard(storage: str | None, host: str, port: int) -> None:
+    """Browse the studies, their fitted rules and figures in optuna-dashboard.
+
+    The fit's verdict is the study's note; its figure is on the study's page.
+
+    \b
+    Examples:
+      tuner dashboard
+      tuner dashboard --storage sqlite:///studies.db --port 8081
+    """
+    from tuner.dashboard import is_loopback, make_server
+    from tuner.storage import redact, storage_url
+
+    url = storage_url(storage)
+    try:
+        server = make_server(url, host, port)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if not is_loopback(host):
+        click.echo(f"Warning: optuna-dashboard has no login; anyone who can reach {host}:{port} can read "
+                   "and change these studies", err=True)
+    click.echo(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/dashboard/ (Ctrl+C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @cli.command()

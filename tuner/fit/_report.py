@@ -37,7 +37,7 @@ def to_markdown(result: FitResult) -> str:
              "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
     if result.warnings:
         parts.append("### Warnings\n" + "\n".join(f"- {w}" for w in result.warnings))
-    parts.append(f"<sub>tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note.</sub>")
+    parts.append(f"_tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note._")
     return "\n\n".join(parts)
 
 
@@ -57,23 +57,28 @@ def make_figure(result: FitResult):
                 marker={"size": 9, "symbol": symbol, "color": "black"},
                 error_y={"type": "data", "symmetric": False, "array": [o.ci[1] - o.lr for o in points],
                          "arrayminus": [o.lr - o.ci[0] for o in points]}))
-    grid = np.geomspace(min(result.batch_sizes) / 1.5, max(result.batch_sizes) * 1.5, 200)
-    for name in RULE_NAMES:
+    low, high = min(result.batch_sizes) / 1.5, max(result.batch_sizes) * 1.5
+    grid = np.geomspace(low, high, 200)
+    for name in RULE_NAMES:  # short legend names: the formula is in the hover text
         rule, best = result.rules[name], name == result.recommended
         figure.add_trace(go.Scatter(
-            x=grid, y=rule.predict(grid), mode="lines",
-            name=f"{name}{' (recommended)' if best else ''}: {rule.formula(digits=3)}",
+            x=grid, y=rule.predict(grid), mode="lines", name=f"{name}{' (recommended)' if best else ''}",
+            hovertemplate=f"{rule.formula(digits=3)}<br>B=%{{x:.0f}}: lr=%{{y:.3g}}<extra></extra>",
             line={"color": RULE_COLORS[name], "width": 3 if best else 1.5, "dash": "solid" if best else "dot"}))
     for name in (LINEAR, SQRT):
         figure.add_trace(go.Scatter(
             x=result.batch_sizes, y=result.rules[name].stats["anchored_lr"], mode="lines",
-            name=f"{name} rule scaled from B={result.reference_batch_size}",
+            name=f"{name} from B={result.reference_batch_size}",
             line={"color": RULE_COLORS[name], "dash": "dash"}))
-    figure.add_vline(x=result.critical_batch_size, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"},
-                     annotation_text=f"B_noise≈{result.critical_batch_size:.3g}")
+    critical = result.critical_batch_size
+    if critical and low <= critical <= high:
+        figure.add_vline(x=critical, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"})
+        # on a log axis an annotation's x is log10 of the data value (add_vline's own label is not)
+        figure.add_annotation(x=math.log10(critical), y=1, yref="paper", yanchor="bottom", showarrow=False,
+                              text=f"B_noise≈{critical:.3g}")
     figure.update_layout(title=f"Optimal learning rate vs batch size: {result.study}", template="plotly_white",
                          xaxis={"type": "log", "title": "batch size"}, yaxis={"type": "log", "title": "learning rate"},
-                         legend={"orientation": "h", "yanchor": "top", "y": -0.2})
+                         margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
     return figure
 
 
