@@ -14,8 +14,6 @@ from pathlib import Path
 
 import optuna
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 from tuner.fit import fit_study
 from tuner.runner import open_study, run_study
 from tuner.spec import load_spec, parse_spec
@@ -23,6 +21,7 @@ from tuner.trials import FINISHED, SAMPLES
 from tuner.workload import load_workload
 from tuner.workloads.quadratic import optimal_lr
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "quadratic.toml"
 
 
@@ -75,7 +74,9 @@ def main() -> None:
         print(f"{r['seed']:>4} | {m['samples']:>14,} {n['samples']:>12,} {1 - m['samples'] / n['samples']:>6.1%} |"
               f" {m['min_finished']:>18} | {m['median_err']:>13.3f} {n['median_err']:>12.3f} |"
               f" {m['worst_err']:>6.3f} {n['worst_err']:>12.3f}")
-    med = lambda key, sub: statistics.median(r[key][sub] for r in rows)
+    def med(key: str, sub: str) -> float:
+        return statistics.median(r[key][sub] for r in rows)
+
     saved = statistics.median(1 - r["median"]["samples"] / r["none"]["samples"] for r in rows)
     print(f"{'med':>4} | {med('median', 'samples'):>14,.0f} {med('none', 'samples'):>12,.0f} {saved:>6.1%} |"
           f" {min(r['median']['min_finished'] for r in rows):>18} | {med('median', 'median_err'):>13.3f}"

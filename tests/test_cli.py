@@ -7,9 +7,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import spec_dict, toml_text, tuner
+from optuna.trial import TrialState
 
 
 def sha(path: Path) -> str:
@@ -107,7 +106,8 @@ BAD_INPUTS = {
     "fractional batch size": (lambda s: s["search"].update(batch_sizes=[8, 12.5]), [], "batch_sizes[1]"),
     "n_trials 0": (lambda s: s["study"].update(n_trials=0), [], "[study] n_trials"),
     "unknown workload": (lambda s: s["workload"].update(target="resnet"), [], "unknown workload 'resnet'"),
-    "missing module": (lambda s: s.update(workload={"target": "nowhere_mod:train"}), [], "no module named 'nowhere_mod'"),
+    "missing module": (lambda s: s.update(workload={"target": "nowhere_mod:train"}), [],
+                       "no module named 'nowhere_mod'"),
     "bad option": (lambda s: s["workload"].update(samples="all"), [], "[workload] samples"),
     "other workload for the study": (lambda s: s["workload"].update(samples=999), [], "was run with workload"),
     "dropped batch size": (lambda s: s["search"].update(batch_sizes=[8, 32]), [], "drops"),

@@ -4,11 +4,11 @@ from collections import Counter
 
 import optuna
 import pytest
+from conftest import spec_dict
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.pruners import HyperbandPruner, MedianPruner
 from optuna.trial import TrialState, create_trial
-from optuna.distributions import FloatDistribution, IntDistribution
 
-from conftest import spec_dict
 from tuner.errors import InputError
 from tuner.runner import open_study, run_study
 from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView

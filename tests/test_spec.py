@@ -2,8 +2,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import spec_dict, toml_text
+
 from tuner.errors import InputError
 from tuner.spec import load_spec, parse_spec
 

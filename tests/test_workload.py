@@ -4,11 +4,10 @@ import textwrap
 
 import optuna
 import pytest
+from conftest import spec_dict
 from optuna.trial import TrialState
 
-from conftest import spec_dict
-from tuner.errors import InputError
-from tuner.errors import WorkloadFailing
+from tuner.errors import InputError, WorkloadFailing
 from tuner.runner import MAX_CONSECUTIVE_FAILURES, open_study, run_study
 from tuner.spec import parse_spec
 from tuner.storage import open_storage

@@ -96,7 +96,7 @@ class StudySpec(_Table):
         """Plain JSON for the study's user attributes (the spec travels with the study)."""
         return self.model_dump(mode="json")
 
-    def with_overrides(self, *, name: str | None = None, n_trials: int | None = None) -> "StudySpec":
+    def with_overrides(self, *, name: str | None = None, n_trials: int | None = None) -> StudySpec:
         study = self.study.model_dump()
         if name is not None:
             study["name"] = name
@@ -104,7 +104,7 @@ class StudySpec(_Table):
             study["n_trials"] = n_trials
         return parse_spec({**self.to_stored(), "study": study}, source="command line")
 
-    def check_continues(self, stored: "StudySpec") -> None:
+    def check_continues(self, stored: StudySpec) -> None:
         """Raise InputError unless this spec can resume a study run with ``stored``.
 
         The workload and direction must match; the search may only grow (more batch sizes, a wider

@@ -48,10 +48,11 @@ def summarize(study: optuna.Study, batch_sizes: list[int] | None = None) -> list
 
 
 def format_table(rows: list[BatchSummary]) -> str:
-    header = f"{'batch':>7} {'complete':>8} {'pruned':>6} {'diverged':>8} {'failed':>6}  {'best lr':>9}  {'best value':>10}"
-    lines = [header]
+    lines = [f"{'batch':>7} {'complete':>8} {'pruned':>6} {'diverged':>8} {'failed':>6}"
+             f"  {'best lr':>9}  {'best value':>10}"]
     for r in rows:
         best_lr = f"{r.best_lr:9.3g}" if r.best_lr is not None else f"{'-':>9}"
         best = f"{r.best_value:10.4g}" if r.best_value is not None else f"{'-':>10}"
-        lines.append(f"{r.batch_size:>7} {r.complete:>8} {r.pruned:>6} {r.diverged:>8} {r.failed:>6}  {best_lr}  {best}")
+        lines.append(f"{r.batch_size:>7} {r.complete:>8} {r.pruned:>6} {r.diverged:>8} {r.failed:>6}"
+                     f"  {best_lr}  {best}")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.trials import BATCH_SIZE, LR, SPEC_ATTR, is_diverged
 
 
-
 @dataclass(frozen=True)
 class BatchTrials:
     """One batch size's finished trials; every ``x`` is the natural log of a learning rate."""

@@ -2,9 +2,10 @@
 
 ``train_torch`` is the whole trainer: seed, build the model, then for every step a batch of exactly
 ``run.batch_size`` samples (drawn from a fresh permutation each epoch, so that every batch size
-sees the same number of samples; samples seen = steps x batch size), forward, backward, step; at ``evals`` points spread evenly over
-the run it reports the mean validation loss, ``run.report(samples_seen, loss)``, and it returns the
-last one. Data lives in memory on the device and is indexed per batch: no DataLoader, no per-step sync.
+sees the same number of samples; samples seen = steps x batch size), forward, backward, step;
+at ``evals`` points spread evenly over the run it reports the mean validation loss,
+``run.report(samples_seen, loss)``, and it returns the last one. Data lives in memory on the
+device and is indexed per batch: no DataLoader, no per-step sync.
 
 A workload of your own is a model and its data handed to ``train_torch``; in ``my_workload.py``
 beside the study file, named there as ``target = "my_workload:train"``:
