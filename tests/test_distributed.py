@@ -165,19 +165,24 @@ def test_a_worker_joins_with_the_spec_stored_in_the_study(project, postgres_url,
     assert 16 <= len(finished(load(postgres_url))) <= 17
 
 
-def test_out_of_memory_marks_the_batch_size_infeasible(tmp_path):
+def test_out_of_memory_marks_the_batch_size_infeasible_and_the_fit_leaves_it_out(tmp_path):
     (tmp_path / "oom_train.py").write_text(
+        "import math\n"
         "def train(run):\n"
-        "    if run.batch_size >= 128:\n"
+        "    if run.batch_size >= 512:\n"
         "        raise MemoryError('no room for this batch')\n"
-        "    return run.lr\n")
+        "    return 1 + math.log(run.lr / (1e-3 * run.batch_size)) ** 2\n")
     spec = tmp_path / "study.toml"
-    spec.write_text(toml_text(spec_dict(study={"n_trials": 16}, workload={"target": "oom_train:train"})))
+    spec.write_text(toml_text(spec_dict(study={"n_trials": 40}, workload={"target": "oom_train:train"})))
     url = str(tmp_path / "s.journal")
     p = tuner("run", str(spec), "--storage", url, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     study = load(url, "test")
-    assert study.user_attrs["infeasible_batch_sizes"] == [128, 512]
+    assert study.user_attrs["infeasible_batch_sizes"] == [512]
     per_batch = Counter(t.params["batch_size"] for t in study.trials)
-    assert per_batch[128] == per_batch[512] == 1  # never retried
-    assert per_batch[8] + per_batch[32] == 16
+    assert per_batch[512] == 1  # never retried
+    assert per_batch[8] + per_batch[32] + per_batch[128] == 40
+    fit = study.user_attrs["lr_batch_fit"]
+    row = next(r for r in fit["optimal_lr"] if r["batch_size"] == 512)
+    assert "out-of-memory" in row["flags"]
+    assert any(w.startswith("B=512: ran out of memory") for w in fit["warnings"])

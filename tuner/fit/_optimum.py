@@ -36,6 +36,7 @@ N_BOOTSTRAP = 200
 Z95 = 1.959964
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
+OUT_OF_MEMORY = "out-of-memory"  # the batch size did not fit in memory (tuner run lists it as infeasible)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class BatchOptimum:
     @property
     def usable(self) -> bool:
         """A point estimate a rule can be fitted to: measured, and not on the edge of the search."""
-        return self.lr is not None and EDGE_LOW not in self.flags and EDGE_HIGH not in self.flags
+        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, OUT_OF_MEMORY} & set(self.flags)
 
     @property
     def sigma(self) -> float:

@@ -15,6 +15,7 @@ from tuner.fit._optimum import (
     EDGE_LOW,
     FEW_TRIALS,
     NO_COMPLETE,
+    OUT_OF_MEMORY,
     BatchOptimum,
 )
 from tuner.fit._rules import LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
@@ -147,7 +148,10 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
     """What to do about batch sizes whose optimum is uncertain or missing."""
     notes = []
     for o in optima:
-        if NO_COMPLETE in o.flags:
+        if OUT_OF_MEMORY in o.flags:
+            notes.append(f"B={o.batch_size}: ran out of memory, so it was not searched further "
+                         "(left out of the rules; they are not measured there).")
+        elif NO_COMPLETE in o.flags:
             notes.append(f"B={o.batch_size}: no complete trial; run more trials (left out of the rules).")
         if EDGE_LOW in o.flags:
             notes.append(f"B={o.batch_size}: the best trial (lr={o.best_lr:.3g}) is the lowest LR tried, so the "
