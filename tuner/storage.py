@@ -8,6 +8,7 @@ workload's own time against x1.37-1.41 for SQLite with TPE and a median pruner).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
@@ -70,9 +72,24 @@ def _open_journal(path: Path, create: bool) -> JournalStorage:
     elif _is_sqlite_file(path):
         raise InputError(f"storage {path} is an SQLite database: pass --storage sqlite:///{path}")
     try:
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_JournalFile(str(path)))
     except OSError as e:
         raise InputError(f"storage {path}: {e.strerror or e}") from None
+
+
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file, without an fsync after every write.
+
+    Each write still goes to the file under the lock before the call returns, so a worker that is
+    killed loses nothing it wrote; only a power cut can lose the last writes the disk had not yet
+    flushed. The fsync was most of the tuner's own time per trial (about 1 ms for each of ~10
+    writes a trial makes, against 0.1 s trials: x1.10 of the workload's time, x1.05 without).
+    """
+
+    def append_logs(self, logs: list[dict]) -> None:
+        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
+            f.write(lines.encode("utf-8"))
 
 
 def _open_rdb(url: str, create: bool) -> RDBStorage:
