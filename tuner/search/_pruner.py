@@ -14,7 +14,8 @@ class BatchSizePruner(BasePruner):
     Comparing a batch-1024 trial with a batch-8 trial at the same step is unfair by construction:
     the two have taken different numbers of updates on different amounts of data. This pruner hands
     the wrapped pruner a view of the study that holds only the trial's batch size; with steps
-    reported as samples seen, trials of one batch size are compared at equal data.
+    reported as samples seen, trials of one batch size are compared at equal data. It compares with
+    the trials that had finished when the trial started (Optuna's per-trial snapshot of the study).
 
     Args:
         pruner: the rule applied within a batch size; by default
@@ -32,4 +33,4 @@ class BatchSizePruner(BasePruner):
         batch_size = trial.params.get(BATCH_SIZE)
         if batch_size is None:  # no batch size, no fair comparison
             return False
-        return self._pruner.prune(BatchSizeView(study, batch_size), trial)
+        return self._pruner.prune(BatchSizeView(study, batch_size, cached=True), trial)

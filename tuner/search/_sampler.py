@@ -91,7 +91,8 @@ class BatchSizeSampler(BaseSampler):
         self._lr_sampler.after_trial(study, trial, state, values)
 
     def _next_batch_size(self, study: optuna.Study) -> int:
-        trials = study._get_trials(deepcopy=False, states=_ALLOCATED, use_cache=False)
+        # Optuna's snapshot of the study, taken afresh when each trial starts
+        trials = study._get_trials(deepcopy=False, states=_ALLOCATED, use_cache=True)
         counts = Counter(t.params.get(BATCH_SIZE) for t in trials)
         infeasible = set(study.user_attrs.get(INFEASIBLE_ATTR, ()))
         feasible = [b for b in self._batch_sizes if b not in infeasible] or self._batch_sizes

@@ -64,7 +64,7 @@ class ValleySampler(BaseSampler):
         if not (isinstance(param_distribution, FloatDistribution) and param_distribution.log):
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         low, high = math.log(param_distribution.low), math.log(param_distribution.high)
-        earlier = [t for t in study._get_trials(deepcopy=False, use_cache=False)
+        earlier = [t for t in study._get_trials(deepcopy=False, use_cache=True)
                    if param_name in t.params and t.number != trial.number and t.state != TrialState.FAIL]
         earlier.sort(key=lambda t: t.number)
         if len(earlier) < self._n_startup_trials:

@@ -14,11 +14,16 @@ class BatchSizeView:
 
     Diverged trials show without their intermediate values, so that TPE ranks them below every
     trial that ran, instead of by the finite values they reported before blowing up.
+
+    With ``cached``, ``get_trials`` reads Optuna's per-trial snapshot of the study (taken once a
+    trial, as Optuna's samplers do) instead of the storage: a pruner asks at every report, and on
+    a file or database each fresh read costs more than the comparison itself.
     """
 
-    def __init__(self, study: optuna.Study, batch_size: int) -> None:
+    def __init__(self, study: optuna.Study, batch_size: int, cached: bool = False) -> None:
         self._study = study
         self._batch_size = batch_size
+        self._cached = cached
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)
@@ -29,7 +34,7 @@ class BatchSizeView:
 
     def get_trials(self, deepcopy: bool = True,
                    states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._keep(self._study.get_trials(deepcopy=deepcopy, states=states))
+        return self._keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=self._cached))
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
