@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from postgres_server import PostgresUnavailable, create_database, start_postgres
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -68,56 +69,17 @@ def tuner(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) 
 
 # --- a real PostgreSQL server on loopback, for the distributed tests -------------------------------
 
-def _postgres_bin(name: str) -> str | None:
-    import glob
-    import shutil
-
-    return shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """initdb into a temporary folder (as the postgres user when root: initdb refuses root), start
-    the server on a free loopback port with a password, yield its base URL, stop it at the end."""
-    import pwd
-    import shutil
-    import tempfile
-
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: run .ci/system-packages")
-    folder = Path(tempfile.mkdtemp(prefix="tuner-pg-", dir="/tmp"))
-    as_user = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    password = "s3cret-pw"
-    (folder / "pw").write_text(password + "\n")
-    if as_user:
-        os.chown(folder / "pw", pwd.getpwnam("postgres").pw_uid, -1)
-    port = _free_port()
-    data = folder / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "tuner", f"--pwfile={folder / 'pw'}",
-                    "-A", "scram-sha-256", "--no-sync"], check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    started = subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"),
-                              "-w", "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{(folder / 'log').read_text()}")
+    """A throwaway server (tests/postgres_server.py) for the session: yields its base URL."""
     try:
-        yield f"postgresql+psycopg://tuner:{password}@127.0.0.1:{port}"
+        server = start_postgres()
+    except PostgresUnavailable as e:
+        pytest.fail(str(e))
+    try:
+        yield server.url
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture
@@ -125,12 +87,5 @@ def postgres_url(postgres_server, request):
     """A fresh database on the session's server, for one test."""
     import re
 
-    import sqlalchemy
-
     name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
-    engine = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return f"{postgres_server}/{name}"
+    return create_database(postgres_server, name)

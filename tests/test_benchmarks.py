@@ -1,0 +1,31 @@
+"""The benchmark code cannot rot: `python -m benchmarks --quick` runs every benchmark end to end (tiny
+budgets, one seed, no PostgreSQL) and writes every table. The numbers are not checked: they are not tests."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_every_table(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "-o", str(output)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = output.read_text()
+    for heading in ["# Benchmark results", "## Goals", "## 1. Accuracy", "## 2. Overhead", "## 3. Scaling"]:
+        assert heading in text
+    for row in ["| optuna ", "| torch ", "| CPU ", "python -m benchmarks --quick",  # header: machine, versions
+                "| tuner (fitted optimum) ", "| plain Optuna ", "| random search ", "| dense grid (17/batch) ",
+                "| journal file (default) ", "| SQLite ", "| in-memory ", "`storage.set_trial_intermediate_value`",
+                "| journal file | ", "tuner fit", "1a. ", "1a′. ", "1b. ", "2a. ", "2b. "]:
+        assert row in text, row
+    assert text.count("| met ") + text.count("| **missed** ") == 5  # five goals, each with its status
+    assert "## 1. Accuracy" in done.stdout  # the tables are printed too
+
+
+def test_unknown_benchmark_is_a_usage_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "-o", str(tmp_path / "r.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown benchmark speed" in done.stderr
+    assert not (tmp_path / "r.md").exists()
