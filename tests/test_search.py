@@ -179,3 +179,33 @@ class TestResume:
             open_study(spec, storage)
         study = optuna.load_study(study_name="test", storage=storage)
         assert study.user_attrs["tuner_spec"]["workload"] == {"target": "t:valley"}
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_the_plain_python_median_pruner_decides_as_optunas_median_pruner(direction):
+    import random
+
+    from tuner.search import SameStepMedianPruner
+
+    rng = random.Random(0)
+    study = optuna.create_study(direction=direction)
+    steps = [100, 200, 300, 400]
+    for _ in range(15):
+        values = {s: rng.random() for s in steps[:rng.randint(1, 4)]}
+        if rng.random() < 0.1:
+            values[steps[0]] = math.nan
+        study.add_trial(create_trial(value=values[max(values)], params={"x": 0.0},
+                                     distributions={"x": FloatDistribution(0, 1)}, intermediate_values=values))
+    decisions = []
+    for _ in range(200):
+        trial = study.ask({"x": FloatDistribution(0, 1)})
+        for step in steps[:rng.randint(1, 4)]:
+            trial.report(rng.random(), step)
+        frozen = study._storage.get_trial(trial._trial_id)
+        for startup, warmup in ((0, 0), (4, 0), (20, 0), (4, 250)):
+            ours = SameStepMedianPruner(n_startup_trials=startup, n_warmup_steps=warmup).prune(study, frozen)
+            theirs = MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup).prune(study, frozen)
+            assert ours == theirs
+            decisions.append(ours)
+        study.tell(trial, state=TrialState.FAIL)
+    assert 0.05 < sum(decisions) / len(decisions) < 0.95  # both outcomes exercised
