@@ -10,20 +10,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import optuna
-from optuna.pruners import BasePruner, MedianPruner, NopPruner
+from optuna.pruners import BasePruner, NopPruner
 from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, WorkloadFailing
 from tuner.recovery import mark_worker, recover_dead_trials
-from tuner.search import BatchSizePruner, BatchSizeSampler, ValleySampler
+from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleySampler
 from tuner.spec import StudySpec, parse_spec
 from tuner.trials import (
     BATCH_SIZE,
     ERROR,
-    FINISHED,
     INFEASIBLE_ATTR,
     LR,
     OUT_OF_MEMORY,
@@ -89,8 +87,8 @@ def make_pruner(spec: StudySpec) -> BasePruner:
     search = spec.search
     if search.pruner == "none":
         return NopPruner()
-    return BatchSizePruner(MedianPruner(n_startup_trials=search.pruner_startup_trials,
-                                        n_warmup_steps=search.pruner_warmup_samples))
+    return BatchSizePruner(SameStepMedianPruner(n_startup_trials=search.pruner_startup_trials,
+                                                n_warmup_steps=search.pruner_warmup_samples))
 
 
 def objective_for(spec: StudySpec, workload: Workload) -> Callable[[optuna.Trial], float]:
@@ -110,56 +108,46 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
               callbacks: Sequence[Callback] = ()) -> None:
     """Train trials until the study (from ``open_study``) holds ``spec.study.n_trials`` finished
     ones, counting every worker's. Raises WorkloadFailing when MAX_CONSECUTIVE_FAILURES trials
-    fail in a row.
+    fail in a row, or when every batch size ran out of memory.
     """
     recover_dead_trials(study)
     if count_finished(study) >= spec.study.n_trials:
         return
-    guard = _FailureGuard(MAX_CONSECUTIVE_FAILURES)
-    stop_at_target = MaxTrialsCallback(spec.study.n_trials, states=FINISHED)
-    memory = _OutOfMemory(spec.search.batch_sizes)
-    study.optimize(objective_for(spec, workload), catch=(Exception,),
-                   callbacks=[stop_at_target, memory, guard, *callbacks])
-    memory.raise_if_all_infeasible()
-    guard.raise_if_tripped()
+    watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
+    study.optimize(objective_for(spec, workload), catch=(Exception,), callbacks=[watch, *callbacks])
+    watch.raise_if_stopped_early()
 
 
-class _OutOfMemory:
-    """Lists a batch size that ran out of memory as infeasible: the sampler gives it no more trials
-    (retrying would fail the same way) and the fit leaves it out."""
+class _Watch:
+    """After every trial (one callback: Optuna deep-copies the trial for each): stop at n_trials
+    finished trials; list a batch size that ran out of memory as infeasible, so that the sampler
+    gives it no more trials (a retry would fail the same way) and the fit leaves it out; stop a
+    workload whose trials keep failing, which is broken, not unlucky."""
 
-    def __init__(self, batch_sizes: list[int]) -> None:
-        self.batch_sizes = batch_sizes
-        self.infeasible: list[int] = []
+    def __init__(self, n_trials: int, batch_sizes: list[int]) -> None:
+        self.n_trials, self.batch_sizes = n_trials, set(batch_sizes)
+        self.infeasible: set[int] = set()
+        self.failures_in_a_row, self.last_error = 0, ""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not trial.user_attrs.get(OUT_OF_MEMORY):
-            return
-        self.infeasible = sorted(set(study.user_attrs.get(INFEASIBLE_ATTR, [])) | {trial.params[BATCH_SIZE]})
-        study.set_user_attr(INFEASIBLE_ATTR, self.infeasible)
-        if set(self.batch_sizes) <= set(self.infeasible):
+        if trial.user_attrs.get(OUT_OF_MEMORY):
+            self.infeasible = set(study.user_attrs.get(INFEASIBLE_ATTR, [])) | {trial.params[BATCH_SIZE]}
+            study.set_user_attr(INFEASIBLE_ATTR, sorted(self.infeasible))
+        if trial.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            self.last_error = trial.user_attrs.get(ERROR, "unknown error")
+        else:
+            self.failures_in_a_row = 0
+        if self._stopped_early() or count_finished(study) >= self.n_trials:
             study.stop()
 
-    def raise_if_all_infeasible(self) -> None:
-        if set(self.batch_sizes) <= set(self.infeasible):
-            raise WorkloadFailing(f"every batch size ran out of memory ({self.infeasible}); "
+    def _stopped_early(self) -> bool:
+        return self.batch_sizes <= self.infeasible or self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES
+
+    def raise_if_stopped_early(self) -> None:
+        if self.batch_sizes <= self.infeasible:
+            raise WorkloadFailing(f"every batch size ran out of memory ({sorted(self.infeasible)}); "
                                   "try smaller batch sizes or a smaller model")
-
-
-class _FailureGuard:
-    def __init__(self, limit: int) -> None:
-        self.limit, self.in_a_row, self.last_error = limit, 0, ""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        self.last_error = trial.user_attrs.get(ERROR, "unknown error")
-        if self.in_a_row >= self.limit:
-            study.stop()
-
-    def raise_if_tripped(self) -> None:
-        if self.in_a_row >= self.limit:
-            raise WorkloadFailing(f"stopped: the last {self.in_a_row} trials failed; "
+        if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+            raise WorkloadFailing(f"stopped: the last {self.failures_in_a_row} trials failed; "
                                   f"the latest with {self.last_error}")
