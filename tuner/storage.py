@@ -8,6 +8,7 @@ workload's own time against x1.37-1.41 for SQLite with TPE and a median pruner).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
@@ -77,14 +78,36 @@ def _open_journal(path: Path, create: bool) -> JournalStorage:
         raise InputError(f"storage {path}: {e.strerror or e}") from None
 
 
+class _KernelLock(BaseJournalFileLock):
+    """An flock on ``<journal>.lock``: two cheap system calls a write instead of Optuna's
+    symlink-and-rename lock, and the kernel releases it when its holder dies, so a worker killed
+    mid-write leaves no stale lock for the others to wait out (30 s with Optuna's)."""
+
+    def __init__(self, journal: str) -> None:
+        self._path = journal + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class _JournalFile(JournalFileBackend):
-    """Optuna's journal file, without an fsync after every write.
+    """Optuna's journal file with a kernel lock, and without an fsync after every write.
 
     Each write still goes to the file under the lock before the call returns, so a worker that is
     killed loses nothing it wrote; only a power cut can lose the last writes the disk had not yet
     flushed. The fsync was most of the tuner's own time per trial (about 1 ms for each of ~10
-    writes a trial makes, against 0.1 s trials: x1.10 of the workload's time, x1.05 without).
+    writes a trial makes, against 0.1 s trials: x1.10 of the workload's time, x1.06 without).
     """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, lock_obj=_KernelLock(path))
 
     def append_logs(self, logs: list[dict]) -> None:
         lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
