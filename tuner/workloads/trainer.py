@@ -239,12 +239,13 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
     """
     import torch
 
-    order = torch.empty(0, dtype=torch.long, device=generator.device)
+    order, start = torch.empty(0, dtype=torch.long, device=generator.device), 0
     for _ in range(steps):
-        if len(order) < batch_size:  # drawn where the data is: no copy, no wait
-            order = torch.cat([order, torch.randperm(n, generator=generator, device=generator.device)])
-        yield order[:batch_size]
-        order = order[batch_size:]
+        if start + batch_size > len(order):  # top up with the next epoch, drawn where the data is
+            fresh = torch.randperm(n, generator=generator, device=generator.device)
+            order, start = torch.cat([order[start:], fresh]), 0
+        yield order[start:start + batch_size]
+        start += batch_size
 
 
 def _evaluate(net: nn.Module, loss: Callable, inputs: torch.Tensor, targets: torch.Tensor,
