@@ -50,8 +50,10 @@ def cli() -> None:
 
     \b
     Examples:
-      tuner run studies/quadratic.toml     search every batch size, then fit the rule
-      tuner studies                        what the storage holds
+      tuner run studies/quadratic.toml                 search every batch size, then fit the rules
+      tuner studies                                    what the storage holds
+      tuner export quadratic --format python -o lr_rule.py
+      tuner dashboard                                  browse it in optuna-dashboard
     """
 
 
@@ -150,7 +152,6 @@ def _search(spec, workload, storage: str | None, *, workers: int = 1, import_dir
 
 
 def _run_workers(study, url: str, workers: int, import_dirs: list[Path], progress) -> None:
-    from tuner.errors import WorkloadFailing
     from tuner.workers import start_workers, wait
 
     codes = wait(start_workers(study.study_name, url, workers, import_dirs), lambda: progress.refresh(study))
@@ -184,7 +185,7 @@ def _load_study(study_name: str, storage: str | None):
 
     url = storage_url(storage)
     opened = open_storage(url, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+    names = optuna.get_all_study_names(opened)
     if study_name not in names:
         known = f"; it has {', '.join(sorted(names))}" if names else "; it holds no studies"
         raise InputError(f"no study named '{study_name}' in {redact(url)}{known}")
