@@ -47,6 +47,14 @@ def load(url: str, name: str = "dist") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
 
 
+def try_load(url: str, name: str = "dist") -> optuna.Study | None:
+    """The study, or None while the first worker is still creating it."""
+    try:
+        return load(url, name)
+    except (KeyError, tuner_errors.InputError):
+        return None
+
+
 def finished(study):
     return study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
 
@@ -102,11 +110,8 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_resumes(project, tmp_path, 
     args = ["run", str(spec), "--storage", url, "--no-fit"]
     victim = start(args, tmp_path, FAST_HEARTBEAT)
     def running_after_three():
-        try:
-            study = load(url)
-        except (KeyError, tuner_errors.InputError):  # not created yet
-            return False
-        return len(finished(study)) >= 3 and study.get_trials(states=[TrialState.RUNNING])
+        study = try_load(url)
+        return study is not None and len(finished(study)) >= 3 and study.get_trials(states=[TrialState.RUNNING])
 
     wait_for(running_after_three)
     victim.send_signal(signal.SIGKILL)
@@ -186,3 +191,25 @@ def test_out_of_memory_marks_the_batch_size_infeasible_and_the_fit_leaves_it_out
     row = next(r for r in fit["optimal_lr"] if r["batch_size"] == 512)
     assert "out-of-memory" in row["flags"]
     assert any(w.startswith("B=512: ran out of memory") for w in fit["warnings"])
+
+
+def test_a_worker_killed_while_others_finish_leaves_nothing_running_after_the_rerun(project, postgres_url, tmp_path):
+    spec = project(n_trials=24, sleep=0.1)
+    args = ["run", str(spec), "--storage", postgres_url, "--no-fit"]
+    patient = {**FAST_HEARTBEAT, "TUNER_HEARTBEAT_GRACE": "60"}  # the others finish before it goes stale
+    runs = [start(args, tmp_path, patient) for _ in range(3)]
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.number > 3 for t in getattr(
+        try_load(postgres_url), "trials", [])))
+    runs[0].send_signal(signal.SIGKILL)
+    assert [r.wait(timeout=120) for r in runs[1:]] == [0, 0]
+    before = load(postgres_url)
+    kept = snapshot(before)
+    assert len(kept) >= 24 and before.get_trials(states=[TrialState.RUNNING])  # the others finished the study
+
+    time.sleep(4)  # past the grace period
+    p = tuner(*args, cwd=tmp_path, env=FAST_HEARTBEAT)
+    assert p.returncode == 0, p.stderr
+    after = load(postgres_url)
+    assert not after.get_trials(states=[TrialState.RUNNING, TrialState.WAITING])
+    assert [row for row in snapshot(after) if row[0] in {k[0] for k in kept}] == kept
+    assert len(finished(after)) <= 24 + 2  # the killed trial's retry stands in for the trial it lost

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import optuna
+from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
@@ -35,12 +37,19 @@ def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials of dead processes on this machine and queue their retries.
+    """Fail the RUNNING trials of dead workers and queue their retries (WAITING, same parameters).
 
-    Returns the numbers of the trials failed.
+    Database storages: trials whose heartbeat is older than the grace period (Optuna also checks
+    at the start of every trial, but a run that has nothing left to do starts none). Journal
+    files: trials of processes on this machine that no longer exist. Returns the numbers failed.
     """
     if uses_heartbeats(study):
-        return []  # Optuna fails stale trials itself, at the start of each trial
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted(running - still)
     host = socket.gethostname()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -22,11 +22,11 @@ from tuner.spec import StudySpec, parse_spec
 from tuner.trials import (
     BATCH_SIZE,
     ERROR,
+    FINISHED,
     INFEASIBLE_ATTR,
     LR,
     OUT_OF_MEMORY,
     SPEC_ATTR,
-    count_finished,
 )
 from tuner.workload import Workload, run_trial, trial_seed
 
@@ -111,11 +111,18 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
     fail in a row, or when every batch size ran out of memory.
     """
     recover_dead_trials(study)
-    if count_finished(study) >= spec.study.n_trials:
+    if _done(study, spec.study.n_trials):
         return
     watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
     study.optimize(objective_for(spec, workload), catch=(Exception,), callbacks=[watch, *callbacks])
     watch.raise_if_stopped_early()
+
+
+def _done(study: optuna.Study, n_trials: int) -> bool:
+    """n_trials finished, and no retry of a dead worker's trial waiting: the trial it lost would
+    have counted, so running its retry keeps the total within workers - 1 of n_trials."""
+    states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING))]
+    return TrialState.WAITING not in states and len(states) >= n_trials
 
 
 class _Watch:
@@ -138,7 +145,7 @@ class _Watch:
             self.last_error = trial.user_attrs.get(ERROR, "unknown error")
         else:
             self.failures_in_a_row = 0
-        if self._stopped_early() or count_finished(study) >= self.n_trials:
+        if self._stopped_early() or _done(study, self.n_trials):
             study.stop()
 
     def _stopped_early(self) -> bool:
