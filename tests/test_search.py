@@ -12,6 +12,7 @@ from optuna.trial import TrialState, create_trial
 from tuner.errors import InputError
 from tuner.runner import open_study, run_study
 from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView
+from tuner.search._hint import lr_hint
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
 from tuner.workload import Workload
@@ -61,14 +62,25 @@ def test_each_batch_size_finds_its_own_optimum(storage):
         assert abs(math.log(best.params["lr"] / true_optimum(b))) < math.log(2), b
 
 
-def test_startup_trials_spread_over_the_whole_range(storage):
+def test_without_warm_start_startup_trials_spread_over_the_whole_range(storage):
     study = run(storage, study={"n_trials": 16}, search={"batch_sizes": SIZES, "lr": [1e-5, 10.0],
-                                                          "startup_trials": 4, "pruner": "none"})
+                                                          "startup_trials": 4, "pruner": "none",
+                                                          "warm_start": False})
     for b in SIZES:
         positions = sorted(math.log(t.params["lr"] / 1e-5) / math.log(1e6)
                            for t in study.trials if t.params["batch_size"] == b)
         gaps = [b - a for a, b in zip([0.0, *positions], [*positions, 1.0])]
         assert len(positions) == 4 and max(gaps) < 0.45  # no quarter-wide hole in log-lr
+
+
+def test_a_warm_started_batch_size_begins_where_its_neighbours_found_the_optimum(storage):
+    run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES, "lr": [1e-5, 10.0]})
+    # 64 and 2048 join on resume: between two searched sizes, and beyond the largest
+    study = run(storage, study={"n_trials": 42}, search={"batch_sizes": [*SIZES, 64, 2048], "lr": [1e-5, 10.0],
+                                                          "warm_start": True})
+    for b in (64, 2048):
+        first = min((t for t in study.trials if t.params["batch_size"] == b), key=lambda t: t.number)
+        assert abs(math.log(first.params["lr"] / true_optimum(b))) < math.log(2), b  # range: ×10⁶
 
 
 def test_the_search_closes_in_on_an_optimum_just_below_the_divergence_cliff(storage):
@@ -96,6 +108,33 @@ def test_the_same_seed_gives_the_same_study(tmp_path):
 
     assert params("a", 1) == params("b", 1)
     assert params("a2", 1) != params("c", 2)
+
+
+def completed(study, batch_size, lr, value):
+    study.add_trial(create_trial(
+        value=value, params={"batch_size": batch_size, "lr": lr},
+        distributions={"batch_size": IntDistribution(1, 4096, log=True), "lr": FloatDistribution(1e-6, 10, log=True)}))
+
+
+def hint(study, batch_size):
+    # a fresh Study object: the hint reads Optuna's snapshot of the trials, taken once per trial
+    return lr_hint(optuna.load_study(study_name=study.study_name, storage=study._storage), batch_size)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_the_hint_follows_the_best_trial_of_each_other_batch_size(direction):
+    study = optuna.create_study(direction=direction)
+    good, bad = (1.0, 9.0) if direction == "minimize" else (9.0, 1.0)
+    assert hint(study, 64) is None  # nothing to go by
+    completed(study, 16, 0.01, good)
+    completed(study, 16, 0.5, bad)
+    assert hint(study, 16) is None  # its own trials are not a hint
+    assert hint(study, 64) == pytest.approx(0.01 * 2.0)  # one neighbour: slope 1/2 (×4 in B -> ×2)
+    completed(study, 256, 0.16, good)  # lr* ∝ B between 16 and 256
+    assert hint(study, 64) == pytest.approx(0.04)
+    assert hint(study, 4) == pytest.approx(0.0025)  # beyond: the neighbours' slope
+    completed(study, 1024, 0.16 * 8, good)  # slope 1.5 above 256: kept to 1, as theory allows
+    assert hint(study, 4096) == pytest.approx(0.16 * 8 * 4)
 
 
 def study_with(trials):

@@ -76,7 +76,7 @@ def test_diverged_runs_are_kept_as_pruned_with_outcome_diverged(storage, how):
             run.report(200, bad)
         return bad
 
-    study = run_workload(train, storage, n_trials=12)
+    study = run_workload(train, storage, n_trials=12, sampler="random")  # LRs all over the range
     diverged = [t for t in study.trials if t.user_attrs.get("outcome") == "diverged"]
     assert diverged, "the LR range reaches above 1e-2, so some trials must diverge"
     for t in diverged:
@@ -107,7 +107,7 @@ def test_a_failing_trial_keeps_its_error_and_the_study_goes_on(storage):
             raise ValueError("shapes do not match")
         return run.lr
 
-    study = run_workload(train, storage, n_trials=16)
+    study = run_workload(train, storage, n_trials=16, sampler="random")  # LRs all over the range
     failed = study.get_trials(states=[TrialState.FAIL])
     assert failed, "some batch-16 trials have lr > 0.1"
     for t in failed:

@@ -50,6 +50,7 @@ class SearchTable(_Table):
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     sampler: Literal["valley", "tpe", "random"] = "valley"
     startup_trials: PositiveInt = 4
+    warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
     pruner: Literal["median", "none"] = "median"
     pruner_startup_trials: NonNegativeInt = 3
     pruner_warmup_samples: NonNegativeInt = 0

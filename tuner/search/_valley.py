@@ -17,6 +17,9 @@ _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MIN_GAP = math.log(1.25)   # a gap towards the cliff narrower than this is closed
 _MIN_REACH = math.log(1.5)  # refine at least this far either side of the best trial...
 _MAX_REACH = math.log(4.0)  # ...and at most this far
+# With a hint: at it, then ×4 above and below. Measured on the noisy quadratic (/4 and ×5, ×6 ladders,
+# four rungs): three rungs ×4 apart gave the smallest worst-case error from 40 to 150 trials.
+_LADDER = (0.0, math.log(4.0), -math.log(4.0))
 
 
 class ValleySampler(BaseSampler):
@@ -24,7 +27,9 @@ class ValleySampler(BaseSampler):
     ends in a divergence cliff, putting few trials where they say most about the optimum.
 
     1. **Spread**: the first ``n_startup_trials`` cover the range: the first at random, each next
-       one in the widest gap left (golden-ratio steps).
+       one in the widest gap left (golden-ratio steps). Given a hint instead (the study handed in
+       has an ``lr_hint``, as the ``BatchSizeView`` of a warm-starting ``BatchSizeSampler`` does),
+       at most three: at the hint, ×4 above it and ×4 below it.
     2. **Bracket**: while nothing that ran lies beyond the best trial on one side (only diverged
        trials, or the end of the range), the next trial bisects that gap. The optimum often sits
        just below the cliff, where TPE, counting diverged trials as bad, rarely looks.
@@ -67,7 +72,10 @@ class ValleySampler(BaseSampler):
         earlier = [t for t in study._get_trials(deepcopy=False, use_cache=True)
                    if param_name in t.params and t.number != trial.number and t.state != TrialState.FAIL]
         earlier.sort(key=lambda t: t.number)
-        if len(earlier) < self._n_startup_trials:
+        hint = getattr(study, "lr_hint", None)
+        if hint is not None and len(earlier) < min(self._n_startup_trials, len(_LADDER)):
+            x = math.log(hint) + _LADDER[len(earlier)]
+        elif hint is None and len(earlier) < self._n_startup_trials:
             x = self._spread(earlier, param_name, low, high)
         else:
             x = self._bracket_or_refine(earlier, param_name, study.direction, low, high)

@@ -18,12 +18,17 @@ class BatchSizeView:
     With ``cached``, ``get_trials`` reads Optuna's per-trial snapshot of the study (taken once a
     trial, as Optuna's samplers do) instead of the storage: a pruner asks at every report, and on
     a file or database each fresh read costs more than the comparison itself.
+
+    ``lr_hint``: where the other batch sizes put the optimal learning rate (``ValleySampler`` starts
+    its search there), or None.
     """
 
-    def __init__(self, study: optuna.Study, batch_size: int, cached: bool = False) -> None:
+    def __init__(self, study: optuna.Study, batch_size: int, cached: bool = False,
+                 lr_hint: float | None = None) -> None:
         self._study = study
         self._batch_size = batch_size
         self._cached = cached
+        self.lr_hint = lr_hint
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)

@@ -1,0 +1,53 @@
+"""Where the neighbouring batch sizes say a batch size's optimal learning rate lies."""
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from tuner.trials import BATCH_SIZE, LR
+
+# Theory bounds the slope of log lr* against log B between 0 (saturated) and 1 (linear scaling);
+# with a single neighbour to go by, take the middle.
+_SLOPE_RANGE = (0.0, 1.0)
+_SLOPE_UNKNOWN = 0.5
+
+
+def lr_hint(study: optuna.Study, batch_size: int) -> float | None:
+    """The learning rate that the best complete trials of the other batch sizes point to, interpolated
+    on log-log axes between the nearest batch sizes below and above (extrapolated beyond them with
+    their slope, kept within 0..1); None before any other batch size has a complete trial."""
+    best = _best_lr_per_batch_size(study)
+    best.pop(batch_size, None)
+    if not best:
+        return None
+    x = math.log(batch_size)
+    points = sorted((math.log(b), math.log(lr)) for b, lr in best.items())
+    below = [p for p in points if p[0] < x]
+    above = [p for p in points if p[0] > x]
+    if below and above:
+        return math.exp(_on_line(below[-1], above[0], x))
+    side = below[-2:] if below else above[:2]
+    nearest = below[-1] if below else above[0]
+    slope = _SLOPE_UNKNOWN if len(side) < 2 else _slope(*side)
+    return math.exp(nearest[1] + min(max(slope, _SLOPE_RANGE[0]), _SLOPE_RANGE[1]) * (x - nearest[0]))
+
+
+def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    best: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True):
+        b = trial.params.get(BATCH_SIZE)
+        if b is not None and LR in trial.params and (b not in best or sign * trial.value < sign * best[b].value):
+            best[b] = trial
+    return {b: t.params[LR] for b, t in best.items()}
+
+
+def _slope(p: tuple[float, float], q: tuple[float, float]) -> float:
+    return (q[1] - p[1]) / (q[0] - p[0])
+
+
+def _on_line(p: tuple[float, float], q: tuple[float, float], x: float) -> float:
+    return p[1] + _slope(p, q) * (x - p[0])
