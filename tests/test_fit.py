@@ -368,3 +368,18 @@ def test_benchmark_big_study_fits():
     result = fit_study(study)
     assert len(result.batch_sizes) == 8
     assert result.rules["power"].stats["alpha_ci"][0] <= 0.75 <= result.rules["power"].stats["alpha_ci"][1]
+
+
+def test_fitting_leaves_the_garbage_collector_as_it_found_it():
+    """The trial load pauses the cyclic collector (tuner.trials.gc_paused), and only for itself."""
+    import gc
+
+    study = grid_study(0.75, sizes=[16, 64, 256])
+    fit_study(study)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        fit_study(study)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
 from tuner.errors import InputError
+from tuner.trials import gc_paused
 
 DEFAULT_STORAGE = "tuner.journal"
 STORAGE_ENV = "TUNER_STORAGE"
@@ -73,7 +74,8 @@ def _open_journal(path: Path, create: bool) -> JournalStorage:
     elif _is_sqlite_file(path):
         raise InputError(f"storage {path} is an SQLite database: pass --storage sqlite:///{path}")
     try:
-        return JournalStorage(_JournalFile(str(path)))
+        with gc_paused():  # opening replays the whole journal into trial objects
+            return JournalStorage(_JournalFile(str(path)))
     except OSError as e:
         raise InputError(f"storage {path}: {e.strerror or e}") from None
 

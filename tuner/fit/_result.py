@@ -27,7 +27,6 @@ from tuner.fit._verdict import (
     warnings_for,
     write_verdict,
 )
-from tuner.trials import INFEASIBLE_ATTR
 
 MIN_BATCH_SIZES = 3   # the two-parameter rules need a degree of freedom left to be compared
 SIGMA_FLOOR = 0.03    # no optimum is known better than ×1.03: keeps one lucky interval from ruling the fit
@@ -127,9 +126,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
                          "a fit needs exactly one metric")
     data = read_study(study)
     rng = np.random.default_rng(seed)
-    infeasible = set(study.user_attrs.get(INFEASIBLE_ATTR, ()))
     optima = [estimate_optimum(b, data.maximize, data.lr_range, rng) for b in data.batches]
-    optima = [replace(o, flags=(OUT_OF_MEMORY, *o.flags)) if o.batch_size in infeasible else o for o in optima]
+    optima = [replace(o, flags=(OUT_OF_MEMORY, *o.flags)) if o.batch_size in data.infeasible else o for o in optima]
     usable = [o for o in optima if o.usable]
     if len(usable) < MIN_BATCH_SIZES:
         raise InputError(_not_enough(study.study_name, optima))
