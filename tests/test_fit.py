@@ -195,6 +195,30 @@ def test_optimum_on_the_edge_of_the_range_is_flagged_and_left_out():
     assert len(result.to_dict()["rules"]["linear"]["lr"]) == 5
 
 
+def saturating_study(diverged_from: float) -> optuna.Study:
+    """Optimum lr* = 1 / (1 + 256/B) exactly, at B = 16…1024; runs diverge from z = diverged_from."""
+    study = optuna.create_study()
+    for b in [16, 32, 64, 128, 256, 512, 1024]:
+        truth = 1.0 / (1.0 + 256 / b)
+        for z in np.linspace(-1.5, 0.3, 10):
+            params = {"batch_size": b, "lr": float(truth * math.exp(z))}
+            if z >= diverged_from:
+                study.add_trial(trial(params, state=TrialState.PRUNED, outcome="diverged"))
+            else:
+                study.add_trial(trial(params, value=synthetic_loss(z)))
+    return study
+
+
+def test_a_plateau_above_a_learning_rate_that_diverged_is_flagged():
+    result = fit_study(saturating_study(diverged_from=0.05))  # at B=1024: 0.8 ran, 0.8·e^0.1 = 0.88 diverged
+    assert result.recommended == "saturating"
+    assert result.rules["saturating"].params["lr_max"] == pytest.approx(1.0, rel=0.1)
+    [warning] = [w for w in result.warnings if "extrapolation" in w]
+    assert "lr=0.884 already diverged at B=1024" in warning
+    calm = fit_study(saturating_study(diverged_from=0.2))  # the first divergence, ×1.35 up, is above lr_max
+    assert calm.recommended == "saturating" and not any("extrapolation" in w for w in calm.warnings)
+
+
 def test_batch_size_with_few_trials_is_flagged_and_still_used():
     study = grid_study(1.0, sizes=[16, 32, 64])
     truth = bench.power_law_truth(1.0)

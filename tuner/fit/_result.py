@@ -22,6 +22,7 @@ from tuner.fit._rules import LINEAR, SATURATING, SQRT, Rule, fit_rules
 from tuner.fit._verdict import (
     add_costs,
     anchored,
+    plateau_warnings,
     recommend,
     regimes,
     warnings_for,
@@ -144,7 +145,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
         optima=optima, rules=rules, recommended=recommended, reference_batch_size=reference.batch_size,
         verdict=write_verdict(rules, recommended, optima, reference),
-        warnings=warnings_for(optima, data.lr_range), lr_range=data.lr_range, version=__version__)
+        warnings=warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima),
+        lr_range=data.lr_range, version=__version__)
 
 
 def _reference(usable: list[BatchOptimum], wanted: int | None) -> BatchOptimum:

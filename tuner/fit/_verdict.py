@@ -165,6 +165,21 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
     return notes
 
 
+def plateau_warnings(rule: Rule, optima: list[BatchOptimum]) -> list[str]:
+    """The saturating rule's plateau lr_max is an extrapolation: say so where it reaches a learning
+    rate that diverged at the largest batch size with a divergence (the closest to the plateau)."""
+    cliffs = [(o.batch_size, math.exp(o.valley.cliff_x)) for o in optima
+              if o.valley is not None and math.isfinite(o.valley.cliff_x)]
+    if rule.name != SATURATING or not cliffs:
+        return []
+    batch_size, cliff = max(cliffs)
+    if rule.params["lr_max"] < cliff:
+        return []
+    return [f"The plateau lr_max={rule.params['lr_max']:.3g} is an extrapolation: lr={cliff:.3g} already "
+            f"diverged at B={batch_size}. Above the batch sizes measured, keep the learning rate below "
+            f"{cliff:.3g}."]
+
+
 def _b_noise_ci(rule: Rule) -> str:
     low, high = rule.stats["b_noise_ci"]
     return f"95% CI {_size(low) if low else '0'} to {_size(high) if high else '∞'}"
