@@ -33,6 +33,7 @@ from benchmarks.fit_accuracy import QUADRATIC_SIZES, log_error, quadratic_spec, 
 from benchmarks.report import Goal, Section, factor, log, ratio, thousands
 from tuner.errors import InputError
 from tuner.fit import fit_study
+from tuner.runner import WARM_START_BELOW
 from tuner.trials import OUTCOME, SAMPLES, Outcome
 from tuner.workload import load_workload, run_trial, trial_seed
 from tuner.workloads import quadratic
@@ -220,7 +221,7 @@ def measure(seeds: range, budgets=BUDGETS, tuner_budgets=()) -> list[Row]:
     return rows
 
 
-def run(seeds: int = 10, budgets=BUDGETS, tuner_budgets=(40, 48, 64, 80, 96)) -> Section:
+def run(seeds: int = 30, budgets=BUDGETS, tuner_budgets=(40, 44, 48, 56, 64, 80, 96)) -> Section:
     rows = measure(range(seeds), budgets, tuner_budgets)
     section = Section(
         "1. Accuracy per compute: the noisy quadratic",
@@ -311,13 +312,16 @@ def _why_per_batch(tuners: list[Row], dense: Row) -> str:
     if at_third is None:
         return ""
     per_batch = at_third.budget / len(QUADRATIC_SIZES)
-    spread = min(quadratic_spec(0).search.startup_trials, per_batch)
+    if per_batch < WARM_START_BELOW:
+        start = (f"below {WARM_START_BELOW} per batch size, each batch size's search starts where the batch "
+                 "sizes searched before it found the optimum and brackets it in steps of at most ×8, "
+                 "instead of spreading over the whole lr range, so most trials land in the valley")
+    else:
+        spread = quadratic_spec(0).search.startup_trials
+        start = f"{spread} of those spread over the whole lr range before each batch size's search refines"
     return (f"within a third of the grid's samples the tuner has {at_third.budget} trials, {per_batch:.0f} "
-            f"per batch size, and {spread:.0f} of those are the valley sampler's start-up spread over the "
-            f"whole lr range ({spread / per_batch:.0%} of the trials): each batch size's search pays for its "
-            f"own spread before it can refine, and {per_batch - spread:.0f} refining trials leave the noise in "
-            f"the per-batch estimates (the rule, fitted across batch sizes, pools them: "
-            f"{factor(at_third.rule_worst)}). Pruning stopped {at_third.pruned_share:.0%} of the trials; they "
+            f"per batch size; {start}. The rule, fitted across batch sizes, pools their noise "
+            f"({factor(at_third.rule_worst)}). Pruning stopped {at_third.pruned_share:.0%} of the trials; they "
             f"processed {at_third.full_run_share:.0%} of a full run's samples on average.")
 
 
