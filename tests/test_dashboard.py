@@ -41,6 +41,9 @@ def test_the_api_serves_the_fit_as_note_user_attribute_and_figure(dashboard, fit
     assert attrs["lr_batch_fit"] == shown[:MAX_ATTR_LENGTH]
     if len(shown) <= MAX_ATTR_LENGTH:
         assert json.loads(attrs["lr_batch_fit"]) == fit
+    # ...so the recommended rule is served whole in a short attribute of its own
+    rule = load_study(fitted_storage).user_attrs["lr_batch_rule"]
+    assert attrs["lr_batch_rule"] == rule and rule.startswith("lr = ") and fit["recommended"] in rule
 
     assert list(figures(study)) == [FIGURE_ID]
     figure = figures(study)[FIGURE_ID]

@@ -359,6 +359,8 @@ def test_save_fit_writes_attr_note_and_one_figure_and_refits_replace_them(tmp_pa
     save_fit(stored, second)
     loaded = optuna.load_study(study_name="s", storage=storage)
     assert loaded.user_attrs[FIT_ATTR] == second.to_dict() and load_fit(loaded).batch_sizes[-1] == 1024
+    formula = second.rules[second.recommended].formula(digits=3)
+    assert loaded.user_attrs["lr_batch_rule"] == f"{formula} ({second.recommended}, fitted on B=16…1024)"
     system_attrs = storage.get_study_system_attrs(loaded._study_id)
     note = get_note_from_system_attrs(system_attrs, None)["body"]
     assert "| 1024 |" in note and second.verdict in note

@@ -1,6 +1,6 @@
 """Store a fit in its study, where every Optuna tool can read it and optuna-dashboard shows it.
 
-Re-fitting replaces all three: the user attribute, the study note and the figure (fixed id).
+Re-fitting replaces them all: the user attributes, the study note and the figure (fixed id).
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import optuna
 
 from tuner.fit._report import make_figure, to_markdown
 from tuner.fit._result import FitResult
-from tuner.trials import FIT_ATTR
+from tuner.trials import FIT_ATTR, RULE_ATTR
 
 FIGURE_ID = "lr-batch-fit"
 
@@ -19,8 +19,15 @@ def save_fit(study: optuna.Study, result: FitResult) -> None:
     from optuna_dashboard import save_note, save_plotly_graph_object
 
     study.set_user_attr(FIT_ATTR, result.to_dict())
+    study.set_user_attr(RULE_ATTR, rule_line(result))
     save_note(study, to_markdown(result))
     save_plotly_graph_object(study, make_figure(result), graph_object_id=FIGURE_ID)
+
+
+def rule_line(result: FitResult) -> str:
+    """``lr = 2.2 / (1 + 270 / B) (saturating, fitted on B=8…1024)``"""
+    formula = result.rules[result.recommended].formula(digits=3)
+    return f"{formula} ({result.recommended}, fitted on B={result.batch_sizes[0]}…{result.batch_sizes[-1]})"
 
 
 def load_fit(study: optuna.Study) -> FitResult | None:
