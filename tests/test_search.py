@@ -11,13 +11,14 @@ from optuna.trial import TrialState, create_trial
 
 from tuner.errors import InputError
 from tuner.runner import open_study, run_study
-from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView
+from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView, ValleySampler
 from tuner.search._hint import lr_hint
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
 from tuner.workload import Workload
 
 SIZES = [8, 32, 128, 512]
+LR_DIST = FloatDistribution(1e-4, 1.0, log=True)
 
 
 def true_optimum(batch_size):
@@ -99,6 +100,41 @@ def test_refining_keeps_trials_close_around_the_optimum(storage):
     later = [t for t in study.trials if t.number >= 40]  # after spreading and bracketing
     near = [t for t in later if abs(math.log(t.params["lr"] / true_optimum(t.params["batch_size"]))) < math.log(4)]
     assert len(near) >= 0.8 * len(later)
+
+
+def test_a_trial_another_worker_is_running_is_not_proposed_again():
+    study = optuna.create_study(sampler=ValleySampler(n_startup_trials=1, seed=0))
+    study.add_trial(create_trial(value=1.0, params={"lr": 1e-3}, distributions={"lr": LR_DIST}))
+    running = study.ask({"lr": LR_DIST})  # brackets upwards, and is still running
+    again = study.ask({"lr": LR_DIST})
+    assert running.params["lr"] > 1e-3 and again.params["lr"] < 1e-3  # the other side instead
+
+
+def test_a_search_far_below_its_hint_climbs_to_it():
+    study = optuna.create_study()
+    for lr, value in [(1e-4, 9.0), (8e-4, 5.0)]:  # the best is the highest tried: bracket upwards
+        study.add_trial(create_trial(value=value, params={"batch_size": 64, "lr": lr},
+                                     distributions={"batch_size": IntDistribution(8, 512, log=True), "lr": LR_DIST}))
+    trial = study.ask({"batch_size": IntDistribution(8, 512, log=True)})
+    sampler = ValleySampler(seed=0)
+    near = sampler.sample_independent(BatchSizeView(study, 64, lr_hint=3e-3), trial, "lr", LR_DIST)
+    far = sampler.sample_independent(BatchSizeView(study, 64, lr_hint=0.02), trial, "lr", LR_DIST)
+    beyond = sampler.sample_independent(BatchSizeView(study, 64, lr_hint=0.5), trial, "lr", LR_DIST)
+    assert near == pytest.approx(8e-4 * 8)  # a step of ×8 past a hint close by
+    assert far == pytest.approx(0.02)  # on to a hint further away...
+    assert beyond == pytest.approx(math.sqrt(8e-4 * 1.0))  # ...but no further than halfway to the range's end
+
+
+def test_local_workers_draw_different_random_numbers(storage, monkeypatch):
+    spec = parse_spec(spec_dict(search={"batch_sizes": [8]}))
+
+    def first_lr(worker):
+        monkeypatch.setenv("TUNER_WORKER_INDEX", str(worker))
+        study = optuna.create_study(sampler=open_study(spec, optuna.storages.InMemoryStorage()).sampler)
+        return study.ask({"batch_size": IntDistribution(8, 8), "lr": LR_DIST}).params["lr"]
+
+    assert len({first_lr(0), first_lr(1), first_lr(2)}) == 3
+    assert first_lr(1) == first_lr(1)  # still reproducible per worker
 
 
 def test_the_same_seed_gives_the_same_study(tmp_path):

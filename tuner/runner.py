@@ -5,6 +5,7 @@ checked against it, and ``tuner worker`` can join with nothing but the study's n
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,7 @@ from tuner.trials import (
     OUT_OF_MEMORY,
     SPEC_ATTR,
 )
+from tuner.workers import WORKER_INDEX_ENV
 from tuner.workload import Workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
@@ -52,7 +54,10 @@ def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
         spec.check_continues(previous)
     if previous != spec:
         study.set_user_attr(SPEC_ATTR, spec.to_stored())
-    study.sampler = make_sampler(spec, stream=len(study.trials))
+    worker = int(os.environ.get(WORKER_INDEX_ENV, "0"))
+    # Local workers all open the study before any trial exists: without their index they would
+    # share one random stream and propose the same learning rates.
+    study.sampler = make_sampler(spec, stream=(len(study.trials), *([worker] if worker else [])))
     study.pruner = make_pruner(spec)
     return study
 
@@ -80,10 +85,11 @@ def _create_or_load(name: str, storage: BaseStorage, direction: str) -> optuna.S
 WARM_START_BELOW = 10
 
 
-def make_sampler(spec: StudySpec, stream: int = 0) -> BatchSizeSampler:
-    """The spec's sampler; ``stream`` keeps a resumed run from replaying the first run's draws."""
+def make_sampler(spec: StudySpec, stream: tuple[int, ...] = ()) -> BatchSizeSampler:
+    """The spec's sampler; ``stream`` (trials so far, worker index) keeps a resumed run from
+    replaying the first run's draws, and local workers from drawing the same numbers."""
     search = spec.search
-    seed = int(np.random.SeedSequence([spec.study.seed, stream]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([spec.study.seed, *stream]).generate_state(1)[0])
     lr_samplers = {
         "valley": lambda: ValleySampler(n_startup_trials=search.startup_trials, seed=seed),
         "tpe": lambda: TPESampler(n_startup_trials=search.startup_trials, constant_liar=True, seed=seed),

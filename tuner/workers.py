@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tuner.storage import STORAGE_ENV
 
+WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"  # 1…K: gives each local worker its own random stream
+
 POLL_SECONDS = 0.5
 
 
@@ -34,6 +36,7 @@ def cuda_devices() -> list[str]:
 def worker_env(index: int, workers: int, storage: str, import_dirs: list[Path]) -> dict[str, str]:
     env = dict(os.environ)
     env[STORAGE_ENV] = storage
+    env[WORKER_INDEX_ENV] = str(index + 1)
     env["PYTHONPATH"] = os.pathsep.join([*(str(d.resolve()) for d in import_dirs),
                                          *filter(None, [env.get("PYTHONPATH")])])
     devices = cuda_devices()
