@@ -78,10 +78,11 @@ def _create_or_load(name: str, storage: BaseStorage, direction: str) -> optuna.S
 
 # With fewer trials per batch size, spreading each batch size's first trials over the whole range
 # wastes most of them: on the quadratic at 6 per batch size, starting from the neighbours' optimum
-# cuts the worst batch size's error from ×2.9 to ×1.5 (30 seeds). From about 10 on, both reach
-# about the same accuracy per sample, the spread's worst seed is closer (×1.8 against ×2.4 at
-# 120-150 trials), and it leaves more for the pruner to stop early (28% of samples saved at 12 per
-# batch size, against 20%). benchmarks/accuracy.py, benchmarks/pruning_savings.py
+# cuts the worst batch size's error from ×2.9 to ×1.6 (30 seeds). From about 10 on, both reach
+# about the same accuracy per sample (the warm start still a little ahead at 10-12), the spread's
+# worst seed is closer at 15-19 (×1.8 against ×2.4), and it leaves more for the pruner to stop
+# early (28% of samples saved at 12 per batch size, against 19%). A heuristic: see
+# benchmarks/accuracy.py and benchmarks/pruning_savings.py.
 WARM_START_BELOW = 10
 
 

@@ -31,7 +31,7 @@ class BatchSizeSampler(BaseSampler):
     the study that holds only that batch size's trials: one search per batch size. With
     ``warm_start``, the view also carries where the neighbouring batch sizes found the optimum, on
     log-log axes (``ValleySampler`` starts there instead of spreading over the whole range: on the
-    noisy quadratic, at 48 trials, the worst batch size's error falls from ×2.9 to ×1.5, 30 seeds).
+    noisy quadratic, at 48 trials, the worst batch size's error falls from ×2.9 to ×1.6, 30 seeds).
 
     The objective asks for ``batch_size`` first, then ``lr`` on a log scale. Use an int distribution
     for the batch size so that batch sizes can be added to a running study::
