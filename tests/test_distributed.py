@@ -14,6 +14,7 @@ from conftest import spec_dict, toml_text, tuner
 from optuna.trial import TrialState
 
 import tuner.errors as tuner_errors
+from tuner.recovery import recover_dead_trials
 from tuner.storage import open_storage
 
 SLOW_TRAIN = '''
@@ -86,12 +87,14 @@ def test_three_processes_share_one_postgres_study(project, postgres_url, tmp_pat
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 def test_local_workers_on_the_embedded_storages(project, tmp_path, storage):
     url = str(tmp_path / "s.journal") if storage == "journal" else f"sqlite:///{tmp_path / 's.db'}"
-    p = tuner("run", str(project(n_trials=24, sleep=0.01)), "--storage", url, "--workers", "3", cwd=tmp_path)
+    # 8 trials per batch size: with 6, the fit at the end now and then found too few bracketed optima
+    # ("not fitted yet"): never in 100 runs here, but in one CI run
+    p = tuner("run", str(project(n_trials=32, sleep=0.01)), "--storage", url, "--workers", "3", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     study = load(url)
-    assert 24 <= len(finished(study)) <= 26
+    assert 32 <= len(finished(study)) <= 34
     assert not study.get_trials(states=[TrialState.RUNNING, TrialState.FAIL])
-    assert "lr_batch_fit" in study.user_attrs  # the coordinator fits at the end
+    assert "lr_batch_fit" in study.user_attrs, p.stdout  # the coordinator fits at the end
 
 
 def wait_for(condition, timeout=60.0):
@@ -213,3 +216,15 @@ def test_a_worker_killed_while_others_finish_leaves_nothing_running_after_the_re
     assert not after.get_trials(states=[TrialState.RUNNING, TrialState.WAITING])
     assert [row for row in snapshot(after) if row[0] in {k[0] for k in kept}] == kept
     assert len(finished(after)) <= 24 + 2  # the killed trial's retry stands in for the trial it lost
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path, monkeypatch):
+    # Optuna finds a stale trial by its last heartbeat: one killed while being created has none
+    monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("TUNER_HEARTBEAT_GRACE", "1")
+    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # created, then the worker died
+    assert recover_dead_trials(study) == []  # within the grace period it may still be starting up
+    time.sleep(1.5)
+    assert recover_dead_trials(study) == [0]
+    assert [t.state for t in study.trials] == [TrialState.FAIL]

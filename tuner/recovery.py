@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from tuner.storage import heartbeat_grace
 from tuner.trials import RETRY_OF
 
 WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial
@@ -48,6 +50,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         with warnings.catch_warnings():  # "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)
+        _fail_killed_before_first_heartbeat(study)
         still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         return sorted(running - still)
     host = socket.gethostname()
@@ -63,6 +66,19 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
         failed.append(trial.number)
     return failed
+
+
+def _fail_killed_before_first_heartbeat(study: optuna.Study) -> None:
+    """Optuna counts a trial as stale only once it has beaten: a worker killed while creating its
+    trial leaves it RUNNING forever, with no heartbeat and no parameters (the objective sets them
+    first thing). Nothing to retry; the balanced allocation fills its place."""
+    cutoff = datetime.now() - timedelta(seconds=heartbeat_grace())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not trial.params and trial.datetime_start is not None and trial.datetime_start < cutoff:
+            try:
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished (or another worker failed it) meanwhile
 
 
 def _alive(pid: int) -> bool:

@@ -137,7 +137,7 @@ def _open_rdb(url: str, create: bool) -> RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
                                   heartbeat_interval=_seconds("TUNER_HEARTBEAT_INTERVAL", 5),
-                                  grace_period=_seconds("TUNER_HEARTBEAT_GRACE", 20),
+                                  grace_period=heartbeat_grace(),
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                       max_retry=MAX_RETRY))
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as e:
@@ -148,6 +148,11 @@ def _open_rdb(url: str, create: bool) -> RDBStorage:
                 continue
             raise InputError(f"storage {shown}: cannot open: {_root_cause(e).replace(url, shown)}") from None
     raise AssertionError("unreachable")
+
+
+def heartbeat_grace() -> int:
+    """Seconds a database trial may go without a heartbeat before it counts as dead."""
+    return _seconds("TUNER_HEARTBEAT_GRACE", 20)
 
 
 def _root_cause(error: BaseException) -> str:
