@@ -17,8 +17,10 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy.optimize import minimize_scalar
+
+from tuner.spec import PositiveFloat
 
 # a run whose loss climbs this far above the starting loss has diverged, as training code would say
 DIVERGENCE_FACTOR = 100.0
@@ -29,16 +31,29 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     samples: int = Field(16384, gt=0, description="training budget in samples, equal at every batch size")
-    dims: int = Field(1024, gt=0, description="dimensions, curvatures log-spaced from 1e-3 to 1")
+    dims: int = Field(1024, gt=0, description="dimensions, curvatures log-spaced over `curvatures`")
+    curvatures: tuple[PositiveFloat, PositiveFloat] = Field(
+        (1e-3, 1.0), description="lowest and highest curvature (the spectrum is log-spaced between them)")
     noise: float = Field(1.0, ge=0, description="gradient-noise variance per sample, relative to curvature")
     reports: int = Field(8, gt=0, description="evenly spaced reports per run")
     noisy: bool = Field(True, description="false: report the expected loss (no sampling noise)")
 
+    @field_validator("curvatures", mode="before")
+    @classmethod
+    def _pair(cls, value):  # TOML has arrays, not tuples; a tuple keeps the options hashable (cached)
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Options:
+        if not self.curvatures[0] <= self.curvatures[1]:
+            raise ValueError(f"curvatures: needs low <= high, got {list(self.curvatures)}")
+        return self
+
 
 @lru_cache(maxsize=32)
-def _problem(dims: int, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    curvature = np.logspace(-3, 0, dims)
-    return curvature, noise * curvature, np.ones(dims)
+def _problem(o: Options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    curvature = np.geomspace(*o.curvatures, o.dims)
+    return curvature, o.noise * curvature, np.ones(o.dims)
 
 
 def _moments(lr: float, batch_size: int, steps: int, curvature, noise_var):
@@ -56,7 +71,7 @@ def _moments(lr: float, batch_size: int, steps: int, curvature, noise_var):
 def expected_loss(lr: float, batch_size: int, **options) -> float:
     """Expected loss after the sample budget; inf where SGD diverges."""
     o = Options(**options)
-    curvature, noise_var, x0 = _problem(o.dims, o.noise)
+    curvature, noise_var, x0 = _problem(o)
     mean_factor, variance = _moments(lr, batch_size, o.samples // batch_size, curvature, noise_var)
     with np.errstate(over="ignore", invalid="ignore"):
         loss = 0.5 * float(np.sum(curvature * ((mean_factor * x0) ** 2 + variance)))
@@ -65,17 +80,16 @@ def expected_loss(lr: float, batch_size: int, **options) -> float:
 
 def optimal_lr(batch_size: int, **options) -> float:
     """The exact learning rate minimising the expected final loss at this batch size."""
-    o = Options(**options)
-    return _optimal_lr(batch_size, o.samples, o.dims, o.noise)
+    return _optimal_lr(batch_size, Options(**options))
 
 
 @lru_cache(maxsize=256)
-def _optimal_lr(batch_size: int, samples: int, dims: int, noise: float) -> float:
+def _optimal_lr(batch_size: int, o: Options) -> float:
     def loss(log_lr: float) -> float:
-        return expected_loss(math.exp(log_lr), batch_size, samples=samples, dims=dims, noise=noise)
+        return expected_loss(math.exp(log_lr), batch_size, **o.model_dump())
 
     # a dense grid brackets the minimum (the valley ends in a cliff), then Brent polishes it
-    stable = 2.0 / _problem(dims, noise)[0].max()
+    stable = 2.0 / o.curvatures[1]
     grid = np.linspace(math.log(1e-7), math.log(stable), 2001)
     best = int(np.argmin([loss(x) for x in grid]))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
@@ -86,7 +100,7 @@ def _optimal_lr(batch_size: int, samples: int, dims: int, noise: float) -> float
 def train(run) -> float:
     """Run SGD on the noisy quadratic at run.lr and run.batch_size; report the loss as it goes."""
     o = Options(**run.options)
-    curvature, noise_var, x = _problem(o.dims, o.noise)
+    curvature, noise_var, x = _problem(o)
     initial_loss = 0.5 * float(np.sum(curvature * x * x))
     total_steps = o.samples // run.batch_size
     if total_steps == 0:
