@@ -108,12 +108,17 @@ def test_searched_power_law_interval_holds_the_truth_and_tells_linear_from_sqrt(
     assert math.exp(row["rule_worst"]) < 1.35
 
 
-def test_maximized_metric_fits_like_its_mirror_image():
-    minimized = fit_study(grid_study(0.5, noise=0.03))
-    maximized = fit_study(grid_study(0.5, noise=0.03, direction="maximize"))
-    assert maximized.direction == "maximize"
-    assert maximized.rules["power"].params["alpha"] == pytest.approx(minimized.rules["power"].params["alpha"])
-    assert maximized.recommended == "sqrt"
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_maximized_metric_finds_the_truth_as_a_minimized_one_does(direction):
+    # the same valley, as a loss and as 1 - loss (an accuracy-like metric); the fit weighs what a rule
+    # costs relative to the metric's level, so the two fits are not mirror images to the last digit
+    result = fit_study(grid_study(0.5, noise=0.03, direction=direction))
+    assert result.direction == direction and result.recommended == "sqrt"
+    low, high = result.rules["power"].stats["alpha_ci"]
+    assert low <= 0.5 <= high
+    truth = bench.power_law_truth(0.5)
+    for optimum in result.optima:
+        assert factor(optimum.lr, truth(optimum.batch_size)) < 1.15
 
 
 def test_a_diverged_lr_bounds_the_optimum_from_above():
@@ -334,12 +339,14 @@ def test_stored_result_reads_back(result):
     assert format_fit(again) == format_fit(result)
 
 
-def test_metric_cost_is_zero_on_the_true_rule_and_flags_divergence():
+def test_metric_cost_is_zero_on_the_true_rule_and_no_fitted_rule_crosses_the_cliff():
     result = fit_study(grid_study(0.5, sizes=[16, 64, 256, 1024]))
     sqrt, linear = result.rules["sqrt"].stats, result.rules["linear"].stats
     assert max(c for c in sqrt["metric_cost"] if c is not None) < 0.01
-    # linear scaling fitted across overshoots ×4 at B=1024: past the cliff
-    assert linear["diverges"] == [False, False, False, True]
+    # every rule is fitted to lose the least metric: even the wrong one keeps below the cliff, and pays elsewhere
+    assert not any(linear["diverges"]) and max(c for c in linear["metric_cost"] if c is not None) > 0.1
+    # scaled from a reference batch size, as people use it, linear scaling overshoots ×4 at B=1024: past the cliff
+    assert "the linear rule would over-shoot ×4.0 at B=1024 and diverge" in result.verdict
 
 
 def test_save_fit_writes_attr_note_and_one_figure_and_refits_replace_them(tmp_path):

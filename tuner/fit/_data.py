@@ -6,6 +6,7 @@ Only the fields ``tuner run`` writes are read (see ``tuner.trials``), and a plai
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ class BatchTrials:
     value: np.ndarray       # their final metric, as stored
     pruned_x: np.ndarray    # stopped by the pruner: did worse than the median, final value unknown
     diverged_x: np.ndarray  # NaN/inf: the optimum lies below each of these
+    baseline: float | None = None  # the untrained model's metric: the median report at step 0, if any
 
     @property
     def n_trials(self) -> int:
@@ -47,8 +49,12 @@ class _Group:
     value: list[float] = field(default_factory=list)
     pruned_x: list[float] = field(default_factory=list)
     diverged_x: list[float] = field(default_factory=list)
+    untrained: list[float] = field(default_factory=list)
 
     def add(self, trial: FrozenTrial, x: float) -> None:
+        start = trial.intermediate_values.get(0)
+        if start is not None and math.isfinite(start):
+            self.untrained.append(start)
         value = trial.value
         if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):
             self.x.append(x)
@@ -59,8 +65,19 @@ class _Group:
             self.pruned_x.append(x)
 
     def freeze(self, batch_size: int) -> BatchTrials:
+        baseline = float(np.median(self.untrained)) if self.untrained else None
         return BatchTrials(batch_size, *(np.asarray(v, dtype=float) for v in
-                                         (self.x, self.value, self.pruned_x, self.diverged_x)))
+                                         (self.x, self.value, self.pruned_x, self.diverged_x)), baseline)
+
+
+def batch_trials(batch_size: int, trials: Iterable[FrozenTrial]) -> BatchTrials:
+    """One batch size's finished trials (those of ``trials`` at that batch size) as a fit reads them."""
+    group = _Group()
+    for trial in trials:
+        lr = trial.params.get(LR)
+        if trial.params.get(BATCH_SIZE) == batch_size and trial.state in FINISHED and lr is not None and lr > 0:
+            group.add(trial, math.log(lr))
+    return group.freeze(batch_size)
 
 
 def read_study(study: optuna.Study) -> StudyData:

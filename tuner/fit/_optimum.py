@@ -1,21 +1,30 @@
 """The optimal learning rate at one batch size, with a 95% interval, from that batch size's trials.
 
-A weighted quadratic in log-lr is fitted around the best complete trial and its vertex is the
-estimate (DESIGN.md: this beat taking the best trial). What keeps it honest:
+The estimate must be one the trials support, on any workload: a valley that is asymmetric and ends
+in a cliff, a plateau at chance level on either side, far outliers, seed noise as large as the
+valley is deep. In order:
 
-* the fit sees the better half of the complete trials (at least ``MIN_FITTED``), ranked by value and
-  weighted by a Gaussian in log-lr distance from the best: the valley is asymmetric and ends in a
-  cliff, and trials far out or over the cliff would bend a single parabola;
-* the vertex goes no further than ``MARGIN`` beyond the trials fitted, nor more than halfway to
-  the next trial tried beyond them (complete, pruned, which did worse than the median, or
-  diverged, whose learning rate bounds the optimum from above);
-* the interval is a bootstrap over the fitted trials; where the fit itself runs into the limit on
-  extrapolation it takes the whole gap up to the next trial tried (the data cannot say more);
-* with fewer than ``MIN_COMPLETE`` complete trials no curve is fitted: the best trial is the
-  estimate and the interval reaches the trials tried either side of it.
-
-Measured (benchmarks/fit_accuracy.py, 15 seeds): the intervals hold the exact optimum 82-93% of the
-time at 95% nominal; the per-batch error is a median ×1.06 on the noisy quadratic.
+1. **Noise.** Runs repeated at one learning rate (replicates, other seeds) give it directly; the
+   scatter of each learning rate's result about the straight line through its two neighbours gives
+   it without replicates (a difference-based estimator: robust, and it errs high where trials are
+   sparse on a curved valley, which only makes the tests below more cautious). Both are pooled.
+2. **Bounds.** Every learning rate tried on either side of the best one that did clearly worse than
+   it (beyond noise) bounds the optimum, as a divergence does from above: the estimate never lies
+   where a trial measured clearly worse.
+3. **Local quadratic.** A weighted quadratic in log-lr is fitted only to the trials near the best
+   one: those between the bounds (the bounding trials included, they give the valley its walls) and
+   within ``REACH`` of it; far trials (a chance plateau, a distant outlier) never enter. Its vertex
+   is the estimate, kept inside the bounds and no further than ``MARGIN`` beyond the fitted trials.
+4. **Checks.** Where the quadratic is not a valley, or its vertex had to be clipped (the model and
+   the trials disagree: it points where the trials say it cannot be), or it claims a dip deeper
+   than any trial measured, the estimate falls back to the minimum of a kernel smoother over the
+   same trials (``method = "smoothed"``) and the interval widens to the trials either side of it.
+5. **Interval.** A bootstrap that redraws each learning rate's result from the fitted curve with
+   the larger of the noise and its own residual (so that a model that misfits widens it), refits
+   and re-applies the bounds.
+6. **No signal.** A batch size where no learning rate did better than the others beyond noise, or
+   whose best run is no better than the untrained model (when the workload reports step 0), is
+   flagged ``no-signal``: the data cannot say where its optimum is.
 """
 from __future__ import annotations
 
@@ -23,62 +32,128 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import fdtri
 
 from tuner.fit._data import BatchTrials
 
-MIN_COMPLETE = 3     # a quadratic needs three points
-FEW_COMPLETE = 5     # below this the interval is rough: flagged
-MIN_FITTED = 6       # fewest trials the quadratic is fitted to
-BANDWIDTH = 0.5      # Gaussian weight width, in log-lr (x1.65)
+MIN_COMPLETE = 3        # a quadratic needs three learning rates
+FEW_COMPLETE = 5        # below this the interval is rough: flagged
+WORSE_Z = 2.5           # "clearly worse": the difference exceeds this many standard errors (one-sided ~99%)
+NO_SIGNAL_Z = 3.0       # a batch size with signal has a trial this many standard errors worse than its best
+MIN_SIGNAL_SPAN = math.log(4.0)  # flatness only means no signal when the trials span at least ×4
+NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about the valley than the noise
+REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
+DEPTH = 0.5             # ...in the lower part of the valley: at most this share of its height above the best...
+MIN_SIDE = 1            # ...but always this many on each side of it, when there are
+MIN_FIT = 6             # the local model sees at least this many, the nearest to the best
+MAX_DIP = 0.5           # a vertex between trials may dip below the best by at most this share of the rise
+MODEL_DOF = 2           # the valley's residuals estimate the noise from this many spare degrees of freedom
+PRIOR_DF = 6            # the noise pooled over batch sizes counts as this many degrees of freedom
+TOLERATED = 0.02        # a rule may stray from a batch size's optimum as far as this costs (2% of the metric)
 MARGIN = math.log(1.1)  # how far beyond the fitted trials the vertex may go
 MAX_GAP = math.log(1.5)  # widest gap between trials the metric is interpolated across
+RESOLUTION = math.log(1.01)  # no optimum is known closer than this: the valley is a model, and a run a run
 N_BOOTSTRAP = 200
 Z95 = 1.959964
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
+NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
 OUT_OF_MEMORY = "out-of-memory"  # the batch size did not fit in memory (tuner run lists it as infeasible)
+QUADRATIC, BEST_TRIALS, BEST_TRIAL, NONE = "local-quadratic", "best-trials", "best-trial", "none"
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Complete trials grouped by learning rate: one row per distinct log-lr, sorted."""
+
+    x: np.ndarray        # log-lr
+    mean: np.ndarray     # mean metric (lower is better)
+    count: np.ndarray    # runs (seeds) at that learning rate
+    scatter: np.ndarray  # sum of squares about the mean, within each group (replicates)
+
+    @classmethod
+    def of(cls, x: np.ndarray, loss: np.ndarray) -> Groups:
+        keys, inverse = np.unique(x, return_inverse=True)  # a replicate repeats the learning rate exactly
+        count = np.bincount(inverse).astype(float)
+        mean = np.bincount(inverse, weights=loss) / count
+        scatter = np.bincount(inverse, weights=(loss - mean[inverse]) ** 2, minlength=len(keys))
+        return cls(keys, mean, count, scatter)
+
+    @property
+    def ss(self) -> float:
+        return float(self.scatter.sum())
+
+    @property
+    def df(self) -> int:
+        return int(self.count.sum() - len(self.count))
+
+    def subset(self, keep: np.ndarray) -> Groups:
+        return Groups(self.x[keep], self.mean[keep], self.count[keep], self.scatter[keep])
 
 
 @dataclass(frozen=True)
 class Valley:
-    """The metric around the optimum, as the fit sees it; ``worse_by`` prices a learning rate."""
+    """The metric around the optimum, as the fit sees it; ``worse_by`` prices a learning rate.
 
-    x: np.ndarray           # complete trials, sorted by log-lr
-    loss: np.ndarray        # their metric, sign-flipped when maximising, so lower is better
-    center: float           # the best trial's log-lr
-    coef: np.ndarray | None  # quadratic in (x - center); None when not fitted or not a valley
-    trusted: tuple[float, float]  # log-lr range where the quadratic stands for the metric
+    ``curves`` holds the accepted model's bootstrap replicates evaluated on ``grid`` (log-lr), so a
+    price comes with its standard error; outside ``trusted`` the metric is read off the trials.
+    """
+
+    groups: Groups
+    noise: float                   # standard deviation of one run's metric
     optimum_x: float
-    cliff_x: float          # the optimum lies below this diverged log-lr; inf if none
+    cliff_x: float                 # the optimum lies below this diverged log-lr; inf if none
+    grid: np.ndarray
+    curves: np.ndarray             # (bootstrap, grid) model values, lower is better
+    trusted: tuple[float, float]   # log-lr range the model stands for
 
-    def loss_at(self, x: float) -> float | None:
-        """The metric (lower is better) at log-lr ``x``: the quadratic near the optimum, else
-        interpolated between neighbouring trials; inf at or above a divergence; None where no trial
-        was close enough to say (a gap wider than MAX_GAP may hide a cliff)."""
+    def loss_at(self, x: float) -> tuple[float, float] | None:
+        """The metric (lower is better) at log-lr ``x`` with its standard error; inf at or above a
+        divergence; None where no trial was close enough to say (a gap wider than MAX_GAP may hide
+        a cliff)."""
         if x >= self.cliff_x:
-            return math.inf
+            return math.inf, 0.0
         if not self._near_trials(x):
             return None
-        if self.coef is not None and self.trusted[0] <= x <= self.trusted[1]:
-            d = x - self.center
-            return float(self.coef[0] + self.coef[1] * d + self.coef[2] * d * d)
-        return float(np.interp(x, self.x, self.loss)) if self.x[0] <= x <= self.x[-1] else None
+        if self.trusted[0] <= x <= self.trusted[1]:
+            values = np.array([np.interp(x, self.grid, curve) for curve in self.curves])
+            return float(values.mean()), float(values.std())
+        g = self.groups
+        if not g.x[0] <= x <= g.x[-1]:
+            return None
+        right = min(int(np.searchsorted(g.x, x)), len(g.x) - 1)
+        left = max(right - 1, 0)
+        share = 0.0 if right == left else (x - g.x[left]) / (g.x[right] - g.x[left])
+        mean = (1 - share) * g.mean[left] + share * g.mean[right]
+        se = self.noise * math.sqrt((1 - share) ** 2 / g.count[left] + share**2 / g.count[right])
+        return float(mean), float(se)
 
     def _near_trials(self, x: float) -> bool:
-        right = int(np.searchsorted(self.x, x))
+        g = self.groups.x
+        right = int(np.searchsorted(g, x))
         if right == 0:
-            return self.x[0] - x <= MARGIN
-        if right == len(self.x):
-            return x - self.x[-1] <= MARGIN
-        return self.x[right] - self.x[right - 1] <= MAX_GAP or self.x[right] == x
+            return g[0] - x <= MARGIN
+        if right == len(g):
+            return x - g[-1] <= MARGIN
+        return g[right] - g[right - 1] <= MAX_GAP or g[right] == x
 
-    def worse_by(self, lr: float) -> float | None:
-        """How much worse the metric is at ``lr`` than at the optimum, in the metric's units (>= 0)."""
-        here = self.loss_at(math.log(lr))
-        if here is None:
+    def worse_by(self, lr: float) -> tuple[float, float] | None:
+        """How much worse the metric is at ``lr`` than at the optimum, in the metric's units (>= 0),
+        with its standard error; (inf, 0) where the learning rate diverged; None where not measured."""
+        x = math.log(lr)
+        if x >= self.cliff_x:
+            return math.inf, 0.0
+        if not self._near_trials(x):
             return None
-        best = self.loss_at(self.optimum_x) if self.coef is not None else None
-        return max(0.0, here - (self.loss.min() if best is None else best))
+        if self.trusted[0] <= x <= self.trusted[1] and self.trusted[0] <= self.optimum_x <= self.trusted[1]:
+            here = np.array([np.interp(x, self.grid, c) for c in self.curves])
+            best = np.array([np.interp(self.optimum_x, self.grid, c) for c in self.curves])
+            diff = here - best
+            return max(0.0, float(diff.mean())), float(diff.std())
+        here, best = self.loss_at(x), self.loss_at(self.optimum_x)
+        if here is None or best is None:
+            return None
+        return max(0.0, here[0] - best[0]), math.hypot(here[1], best[1])
 
 
 @dataclass(frozen=True)
@@ -90,16 +165,23 @@ class BatchOptimum:
     n_complete: int
     n_pruned: int
     n_diverged: int
-    best_lr: float | None     # the best complete trial
+    best_lr: float | None     # the best complete trial (the best mean, where learning rates were repeated)
     best_value: float | None
     flags: tuple[str, ...]
-    method: str               # "local-quadratic", "best-trial" or "none"
+    method: str               # "local-quadratic", "smoothed", "best-trial" or "none"
+    noise: float | None = None  # standard deviation of one run's final metric, estimated
+    vertex: float | None = None  # where the valley's bottom is; ``lr`` is the learning rate to use, which
+    # approaches an uncertain bottom from the valley's gentle side
+    # where the optimum can lie, given the trials: at most halfway to the learning rates either side of
+    # the best that did clearly worse, below a divergence, not far beyond the trials; None: unbounded
+    bracket: tuple[float | None, float | None] | None = None
     valley: Valley | None = None
 
     @property
     def usable(self) -> bool:
-        """A point estimate a rule can be fitted to: measured, and not on the edge of the search."""
-        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, OUT_OF_MEMORY} & set(self.flags)
+        """A point estimate a rule can be fitted to: measured, and neither on the edge of the search
+        nor without signal."""
+        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, OUT_OF_MEMORY, NO_SIGNAL} & set(self.flags)
 
     @property
     def sigma(self) -> float:
@@ -107,108 +189,541 @@ class BatchOptimum:
         assert self.ci is not None
         return (math.log(self.ci[1]) - math.log(self.ci[0])) / (2 * Z95)
 
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Standard errors of the valley's bottom (log) below and above it, from the 95% interval."""
+        assert self.ci is not None and self.vertex is not None
+        return (math.log(self.vertex / self.ci[0]) / Z95, math.log(self.ci[1] / self.vertex) / Z95)
+
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "lr": self.lr,
                 "ci": list(self.ci) if self.ci else None, "n_trials": self.n_trials,
                 "n_complete": self.n_complete, "n_pruned": self.n_pruned, "n_diverged": self.n_diverged,
                 "best_lr": self.best_lr, "best_value": self.best_value,
-                "flags": list(self.flags), "method": self.method}
+                "flags": list(self.flags), "method": self.method, "noise": self.noise, "vertex": self.vertex,
+                "bracket": list(self.bracket) if self.bracket else None}
+
+
+@dataclass(frozen=True)
+class NoiseEvidence:
+    """What one batch size's trials near its optimum say about the noise: a sum of squares, its
+    degrees of freedom, and the metric's level there (lower is better)."""
+
+    ss: float
+    df: float
+    level: float
+
+    @property
+    def sigma(self) -> float | None:
+        return math.sqrt(self.ss / self.df) if self.df > 0 else None
+
+
+@dataclass(frozen=True)
+class NoisePrior:
+    """The noise pooled over batch sizes, relative to the metric's level where every level has the same
+    sign (a loss: a run's scatter grows with the loss), absolute otherwise. A batch size's own
+    evidence is weighed against it as PRIOR_DF degrees of freedom: a handful of residuals alone can
+    put the noise at a fifth of its size, and noise taken too low turns a lucky run into bounds."""
+
+    sigma: float
+    relative: bool
+
+    def at(self, level: float) -> float:
+        return self.sigma * abs(level) if self.relative else self.sigma
+
+    @classmethod
+    def pool(cls, evidence: list[NoiseEvidence | None]) -> NoisePrior | None:
+        found = [e for e in evidence if e is not None and e.df > 0]
+        if sum(e.df for e in found) < PRIOR_DF:
+            return None
+        levels = np.array([e.level for e in found])
+        relative = bool(np.all(levels > 0) or np.all(levels < 0))
+        scale = np.abs(levels) if relative else np.ones_like(levels)
+        ss = sum(e.ss / s**2 for e, s in zip(found, scale))
+        return cls(math.sqrt(ss / sum(e.df for e in found)), relative)
+
+    def combine(self, own: NoiseEvidence) -> float:
+        return math.sqrt((own.ss + PRIOR_DF * self.at(own.level) ** 2) / (own.df + PRIOR_DF))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch size's complete trials made ready for the estimate (lower is better)."""
+
+    groups: Groups           # below the cliff
+    best: int
+    tried: np.ndarray        # every learning rate tried, sorted
+    pruned: np.ndarray       # the pruned ones: they did worse than their neighbours promised
+    cliff: float
+    candidates: np.ndarray | None  # which groups the local model may see; None with too few trials
+
+    @classmethod
+    def of(cls, trials: BatchTrials, maximize: bool) -> _Batch | None:
+        if len(trials.x) == 0:
+            return None
+        groups = Groups.of(trials.x, (-1.0 if maximize else 1.0) * trials.value)
+        tried = np.sort(np.concatenate([trials.x, trials.pruned_x, trials.diverged_x]))
+        cliff = _cliff(trials.diverged_x, groups.x[0])
+        below = groups.x < cliff  # a luckier run above a divergence completed, but that lr is not safe
+        groups = groups.subset(below) if below.any() else groups.subset(np.arange(len(groups.x)) == 0)
+        best = int(np.argmin(groups.mean))
+        candidates = _candidates(groups, best) if len(groups.x) >= MIN_COMPLETE else None
+        return cls(groups, best, tried, np.sort(trials.pruned_x), cliff, candidates)
+
+    @property
+    def level(self) -> float:
+        return float(self.groups.mean[self.best])
+
+    @property
+    def scatter(self) -> NoiseEvidence:
+        """The noise as the neighbours' scatter (and replicates) says it, among the candidates."""
+        near = self.groups if self.candidates is None else self.groups.subset(self.candidates)
+        return _scatter(near, self.level)
+
+    def window(self, noise: float | None) -> Groups:
+        """The trials the local model sees (see ``_window``)."""
+        return self.groups.subset(_window(self.groups, self.best, self.candidates, noise))
+
+    def evidence(self, noise: float | None) -> NoiseEvidence:
+        """The noise near the optimum: the local valley's residuals (they know its curvature, where
+        the neighbours' scatter mistakes a steep wall for noise), else that scatter."""
+        if self.candidates is None:
+            return self.scatter
+        fitted = self.window(noise)
+        valley = LocalValley.fit(fitted, _limits(fitted, (-math.inf, self.cliff), self.tried, self.pruned))
+        return _model_scatter(fitted, valley, self.level) or self.scatter
+
+    def shape(self, noise: float | None) -> tuple[float, float, int] | None:
+        """What the window says of the valley's shape: (symmetric rss, asymmetric rss, trials)."""
+        if self.candidates is None:
+            return None
+        fitted = self.window(noise)
+        fits = _shape_fits(fitted, _limits(fitted, (-math.inf, self.cliff), self.tried, self.pruned))
+        if True not in fits:
+            return None
+        return fits[True][0], fits.get(False, (math.inf,))[0], len(fitted.x)
+
+
+def estimate_optima(batches: list[BatchTrials], maximize: bool, lr_range: tuple[float, float],
+                    rng: np.random.Generator) -> list[BatchOptimum]:
+    """The optimum at every batch size of a study, the noise pooled over them (``NoisePrior``)."""
+    prepared = [_Batch.of(b, maximize) for b in batches]
+    ready = [p for p in prepared if p is not None]
+    first = NoisePrior.pool([p.scatter for p in ready])
+    prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
+    # one shape for the study: a valley asymmetric at some batch sizes and symmetric at others would
+    # bias their optima differently, and the rules with them
+    shapes = [p.shape(_noise(p.evidence(_noise(p.scatter, prior)), prior)) for p in ready]
+    asymmetric = _asymmetry_pays([s for s in shapes if s is not None])
+    return [_estimate(b, p, prior, maximize, lr_range, rng, asymmetric) for b, p in zip(batches, prepared)]
 
 
 def estimate_optimum(trials: BatchTrials, maximize: bool, lr_range: tuple[float, float],
                      rng: np.random.Generator) -> BatchOptimum:
+    """The optimum at one batch size, from its trials alone."""
+    return _estimate(trials, _Batch.of(trials, maximize), None, maximize, lr_range, rng)
+
+
+def _noise(evidence: NoiseEvidence, prior: NoisePrior | None) -> float | None:
+    return prior.combine(evidence) if prior is not None else evidence.sigma
+
+
+def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | None, maximize: bool,
+              lr_range: tuple[float, float], rng: np.random.Generator,
+              asymmetric: bool | None = None) -> BatchOptimum:
     counts = {"batch_size": trials.batch_size, "n_trials": trials.n_trials, "n_complete": len(trials.x),
               "n_pruned": len(trials.pruned_x), "n_diverged": len(trials.diverged_x)}
-    if len(trials.x) == 0:
+    if batch is None:
         return BatchOptimum(lr=None, ci=None, best_lr=None, best_value=None, flags=(NO_COMPLETE,),
-                            method="none", **counts)
-    order = np.argsort(trials.x)
-    x, value = trials.x[order], trials.value[order]
-    loss = -value if maximize else value
-    tried = np.sort(np.concatenate([trials.x, trials.pruned_x, trials.diverged_x]))
-    if len(x) < MIN_COMPLETE:
-        cliff = _cliff(trials.diverged_x, x[0])
-        best = int(np.argmin(np.where(x < cliff, loss, np.inf))) if x[0] < cliff else 0
-        estimate, interval, coef, span = _best_trial(x[best], tried, cliff, lr_range)
+                            method=NONE, **counts)
+    noise = _noise(batch.evidence(_noise(batch.scatter, prior)), prior)
+    groups, best = batch.groups, batch.best
+    if batch.candidates is None:
+        estimate, interval, method = _best_trial(groups.x[best], batch.tried, batch.cliff, lr_range)
+        valley, bracket, vertex = _interpolated(groups, noise, estimate, batch.cliff), interval, estimate
     else:
-        best = int(np.argmin(loss))
-        cliff = _cliff(trials.diverged_x, x[_window(loss)].min())
-        estimate, interval, coef, span = _local_quadratic(x, loss, best, tried, cliff, rng)
-    flags = ((EDGE_LOW,) if tried[0] == x[best] else ()) + ((EDGE_HIGH,) if tried[-1] == x[best] else ())
-    flags += (FEW_TRIALS,) if len(x) < FEW_COMPLETE else ()
-    trusted = (span[0] - MARGIN, span[1] + MARGIN)
+        estimate, vertex, interval, method, valley, bracket = _fit(batch, noise, rng, asymmetric)
+    x_best, sign = groups.x[best], -1.0 if maximize else 1.0
+    flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
+    flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
+    baseline = None if trials.baseline is None else sign * trials.baseline
+    if _no_signal(groups, best, noise, baseline):
+        flags += (NO_SIGNAL,)
     return BatchOptimum(lr=math.exp(estimate), ci=(math.exp(interval[0]), math.exp(interval[1])),
-                        best_lr=math.exp(x[best]), best_value=float(value[best]), flags=flags,
-                        method="local-quadratic" if len(x) >= MIN_COMPLETE else "best-trial",
-                        valley=Valley(x, loss, x[best], coef, trusted, estimate, cliff), **counts)
+                        best_lr=math.exp(x_best), best_value=float(sign * groups.mean[best]), flags=flags,
+                        method=method, noise=_plain_noise(noise), bracket=_lrs(bracket), vertex=math.exp(vertex),
+                        valley=valley, **counts)
+
+
+# --- 1. noise ------------------------------------------------------------------------------------------------
+
+def estimate_noise(groups: Groups) -> float | None:
+    """Standard deviation of one run's metric from these groups alone (replicates, and the scatter
+    of neighbouring learning rates); None when neither is available."""
+    return _scatter(groups, 0.0).sigma
+
+
+def _scatter(groups: Groups, level: float) -> NoiseEvidence:
+    """Replicates pooled with the difference-based estimate."""
+    residuals = _pseudo_residuals(groups)
+    # the mean of the squares, not a robust median: a median of a handful discards exactly the
+    # large residuals a lucky run leaves, and noise taken too low would turn luck into bounds
+    return NoiseEvidence(groups.ss + float(np.sum(residuals**2)), groups.df + len(residuals), float(level))
+
+
+def _model_scatter(fitted: Groups, valley: LocalValley | None, level: float) -> NoiseEvidence | None:
+    """Replicates pooled with the valley's residuals, where it has at least MODEL_DOF spare degrees of
+    freedom; None otherwise."""
+    if valley is None:
+        return None
+    dof = len(fitted.x) - (3 if valley.symmetric else 4)
+    if dof < MODEL_DOF:
+        return None
+    ss = fitted.ss + float(np.sum(fitted.count * (fitted.mean - valley.at(fitted.x)) ** 2))
+    return NoiseEvidence(ss, fitted.df + dof, float(level))
+
+
+def _pseudo_residuals(g: Groups) -> np.ndarray:
+    """Each learning rate's mean against the line through its neighbours', in units of one run's
+    noise (Gasser, Sroka and Jennen-Steinmetz 1986); only where the neighbours are close."""
+    if len(g.x) < 3:
+        return np.zeros(0)
+    left, middle, right = g.x[:-2], g.x[1:-1], g.x[2:]
+    close = (right - left) <= NOISE_SPAN
+    a = (right - middle) / (right - left)
+    b = 1.0 - a
+    predicted = a * g.mean[:-2] + b * g.mean[2:]
+    scale = np.sqrt(1 / g.count[1:-1] + a**2 / g.count[:-2] + b**2 / g.count[2:])
+    return ((g.mean[1:-1] - predicted) / scale)[close]
+
+
+# --- 2-5. bounds, local quadratic, checks, interval ----------------------------------------------------------
+
+def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None):
+    groups, best, tried = batch.groups, batch.best, batch.tried
+    fitted = batch.window(noise)
+    limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
+    valley = LocalValley.fit(fitted, limits, asymmetric)
+    if valley is not None and valley.agrees(fitted, noise):
+        spread = np.maximum(np.abs(fitted.mean - valley.at(fitted.x)), (noise or 0.0) / np.sqrt(fitted.count))
+        draws = valley.at(fitted.x)[None, :] + spread[None, :] * rng.standard_normal((N_BOOTSTRAP, len(fitted.x)))
+        vertices, coefs = valley.refit(fitted, draws)
+        grid = np.linspace(fitted.x[0] - MARGIN, fitted.x[-1] + MARGIN, 121)
+        curves = _valley_values(coefs, grid[None, :] - vertices[:, None])
+        estimate, method, vertex = _best_expected(vertices, coefs, limits), QUADRATIC, valley.vertex
+        low_ci, high_ci = np.percentile(vertices, [2.5, 97.5])
+        other = valley.other_form(fitted)
+        if other is not None:  # the shape is a choice too: where the other one would say otherwise, say so
+            alternative = np.percentile(other.refit(fitted, draws)[0], [2.5, 97.5])
+            low_ci, high_ci = min(low_ci, alternative[0]), max(high_ci, alternative[1])
+        trusted = (fitted.x[0] - MARGIN, fitted.x[-1] + MARGIN)
+    else:
+        # the model and the trials disagreed: the middle of the learning rates that did as well as
+        # the best (within noise), and an interval out to the trials tried beyond them
+        estimate, (low_ci, high_ci) = _as_good_as_best(fitted, noise, tried)
+        method, limits, vertex = BEST_TRIALS, (min(limits[0], estimate), max(limits[1], estimate)), estimate
+        grid, curves, trusted = fitted.x, fitted.mean[None, :], (math.inf, -math.inf)
+    estimate, vertex = float(np.clip(estimate, *limits)), float(np.clip(vertex, *limits))
+    interval = (min(float(low_ci), estimate, vertex - RESOLUTION), max(float(high_ci), estimate, vertex + RESOLUTION))
+    valley = Valley(groups, noise or 0.0, estimate, batch.cliff, grid, curves, trusted)
+    return estimate, vertex, interval, method, valley, limits
+
+
+@dataclass(frozen=True)
+class LocalValley:
+    """A valley a + c_low (x - v)^2 below its vertex v and a + c_high (x - v)^2 above it, fitted by
+    least squares profiled over v on a grid spanning where the vertex may go. The two curvatures may
+    differ (an asymmetric valley: a learning-rate valley is often steeper on the side of the cliff);
+    they are taken equal unless the data pay for the extra parameter (AICc)."""
+
+    vertex: float
+    coef: np.ndarray              # (a, c_low, c_high)
+    grid: np.ndarray              # the candidate vertices
+    symmetric: bool
+    on_edge: bool                 # the best vertex is at the end of where it may go
+
+    @classmethod
+    def fit(cls, fitted: Groups, limits: tuple[float, float], asymmetric: bool | None = None) -> LocalValley | None:
+        """``asymmetric``: two curvatures (where the trials can tell them: five or more), one, or
+        None: two where they fit these trials better than their scatter explains (``_shape_fits``)."""
+        fits = _shape_fits(fitted, limits)
+        if not fits:
+            return None
+        grid = _vertex_grid(fitted, limits)
+        if asymmetric is None:
+            asymmetric = _asymmetry_pays([(fits[True][0], fits.get(False, (math.inf,))[0], len(fitted.x))])
+        symmetric = not (asymmetric and False in fits)
+        rss, k = fits[symmetric]
+        vertex = _polish(fitted, grid, k, symmetric)
+        coef = _profile(fitted, np.array([vertex]), fitted.mean[None, :], symmetric)[1][0, 0]
+        return cls(vertex, coef, grid, symmetric, k in (0, len(grid) - 1))
+
+    def other_form(self, fitted: Groups) -> LocalValley | None:
+        """The same valley with one curvature where this one has two, or two where it has one."""
+        if len(fitted.x) < 5:
+            return None
+        rss, _ = _profile(fitted, self.grid, fitted.mean[None, :], not self.symmetric)
+        if not np.isfinite(rss[0]).any():
+            return None
+        k = int(np.nanargmin(rss[0]))
+        coef = _profile(fitted, self.grid[k:k + 1], fitted.mean[None, :], not self.symmetric)[1][0, 0]
+        return LocalValley(float(self.grid[k]), coef, self.grid, not self.symmetric, k in (0, len(self.grid) - 1))
+
+    def at(self, x: np.ndarray) -> np.ndarray:
+        return _valley_values(self.coef[None, :], np.atleast_1d(x)[None, :] - self.vertex)[0]
+
+    def agrees(self, fitted: Groups, noise: float | None) -> bool:
+        """A valley whose vertex lies where the trials allow (not pushed against the limit), with
+        curvature on both sides, no deeper than what the trials measured (beyond noise)."""
+        if self.on_edge or not (self.coef[1] > 0 and self.coef[2] > 0):
+            return False
+        best = fitted.mean.min()
+        slack = WORSE_Z * (noise or 0.0) + MAX_DIP * (fitted.mean.max() - best)
+        return self.coef[0] >= best - slack
+
+    def refit(self, fitted: Groups, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same form refitted to each row of redrawn means: vertices and (a, c_low, c_high) rows."""
+        rss, coef = _profile(fitted, self.grid, draws, self.symmetric)
+        rss = np.where(np.isfinite(rss), rss, np.inf)
+        k = np.argmin(rss, axis=1)
+        return _between_grid_points(self.grid, rss, k), coef[np.arange(len(draws)), k]
+
+
+def _best_expected(vertices: np.ndarray, coefs: np.ndarray, limits: tuple[float, float]) -> float:
+    """The learning rate with the best metric averaged over the bootstrap valleys. Where the valley
+    is steeper on one side (a cliff), an uncertain vertex is best approached from the gentle side."""
+    from scipy.optimize import minimize_scalar
+
+    def expected(x: float) -> float:
+        return float(_valley_values(coefs, x - vertices[:, None]).mean())
+
+    grid = np.linspace(limits[0], limits[1], 81)
+    k = int(np.argmin([expected(x) for x in grid]))
+    low, high = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    if not high > low:
+        return float(grid[k])
+    return float(minimize_scalar(expected, bounds=(low, high), method="bounded", options={"xatol": 1e-6}).x)
+
+
+def _profile(fitted: Groups, grid: np.ndarray, y: np.ndarray, symmetric: bool):
+    """For each candidate vertex v (grid) and each row of y: the weighted residual sum of squares of
+    the best valley with its vertex at v, and its (a, c_low, c_high); rss is inf where a curvature
+    would be negative (no valley there)."""
+    w = np.sqrt(fitted.count)
+    d = fitted.x[None, :] - grid[:, None]                     # (grid, n)
+    below, above = np.minimum(d, 0.0) ** 2, np.maximum(d, 0.0) ** 2
+    columns = [np.ones_like(d), below + above] if symmetric else [np.ones_like(d), below, above]
+    basis = np.stack(columns, axis=2) * w[None, :, None]       # (grid, n, k)
+    pinv = np.linalg.pinv(basis)                               # (grid, k, n)
+    target = y * w[None, :]                                     # (rows, n)
+    coef = np.einsum("gkn,rn->rgk", pinv, target)              # (rows, grid, k)
+    fitted_values = np.einsum("gnk,rgk->rgn", basis, coef)
+    rss = np.sum((target[:, None, :] - fitted_values) ** 2, axis=2)
+    if symmetric:
+        coef = np.concatenate([coef, coef[..., 1:2]], axis=2)
+    curvature_ok = (coef[..., 1] >= 0) & (coef[..., 2] >= 0)
+    return np.where(curvature_ok, rss, np.inf), coef
+
+
+def _polish(fitted: Groups, grid: np.ndarray, k: int, symmetric: bool) -> float:
+    """The vertex between the grid points beside the best one, to the precision of the data."""
+    from scipy.optimize import minimize_scalar
+
+    low, high = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    if not high > low:
+        return float(grid[k])
+
+    def rss(v: float) -> float:
+        value = _profile(fitted, np.array([v]), fitted.mean[None, :], symmetric)[0][0, 0]
+        return float(value) if math.isfinite(value) else 1e300
+
+    found = minimize_scalar(rss, bounds=(low, high), method="bounded", options={"xatol": 1e-10})
+    return float(found.x) if found.fun <= rss(grid[k]) else float(grid[k])
+
+
+def _between_grid_points(grid: np.ndarray, rss: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Each row's best vertex, refined between grid points by the parabola through the residual sums
+    of squares at its best grid point and the two beside it."""
+    rows = np.arange(len(k))
+    inner = np.clip(k, 1, len(grid) - 2)
+    left, middle, right = (rss[rows, inner + s] for s in (-1, 0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curvature = left - 2 * middle + right
+        shift = np.where(np.isfinite(curvature) & (curvature > 0), 0.5 * (left - right) / curvature, 0.0)
+    step = grid[1] - grid[0] if len(grid) > 1 else 0.0
+    refined = grid[inner] + np.clip(shift, -1.0, 1.0) * step
+    return np.where((k == inner) & np.isfinite(refined), refined, grid[k])
+
+
+def _valley_values(coef: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Rows of (a, c_low, c_high) evaluated at rows of offsets from their vertex."""
+    return coef[:, :1] + coef[:, 1:2] * np.minimum(d, 0.0) ** 2 + coef[:, 2:3] * np.maximum(d, 0.0) ** 2
+
+
+def _vertex_grid(fitted: Groups, limits: tuple[float, float]) -> np.ndarray:
+    low, high = max(limits[0], fitted.x[0] - MARGIN), min(limits[1], fitted.x[-1] + MARGIN)
+    return np.linspace(low, high, 161) if high > low else np.zeros(0)
+
+
+def _shape_fits(fitted: Groups, limits: tuple[float, float]) -> dict[bool, tuple[float, int]]:
+    """Residual sum of squares and best grid vertex of the symmetric (True) and asymmetric (False)
+    valley, each where it can be fitted (the asymmetric needs five trials)."""
+    grid, fits = _vertex_grid(fitted, limits), {}
+    if not len(grid):
+        return fits
+    for symmetric in (True, False):
+        if not symmetric and len(fitted.x) < 5:
+            break  # four parameters and a degree of freedom
+        rss = _profile(fitted, grid, fitted.mean[None, :], symmetric)[0]
+        if np.isfinite(rss[0]).any():
+            k = int(np.nanargmin(rss[0]))
+            fits[symmetric] = (float(rss[0, k]), k)
+    return fits
+
+
+def _asymmetry_pays(evidence: list[tuple[float, float, int]]) -> bool:
+    """Does a second curvature fit better than the trials' scatter about it explains? An F-test at
+    95% on the valleys' own residuals, pooled over the (symmetric rss, asymmetric rss, trials) given."""
+    usable = [(sym, asym, n) for sym, asym, n in evidence if n >= 5 and math.isfinite(asym) and math.isfinite(sym)]
+    if not usable:
+        return False
+    gain, rss, dof = (sum(sym - asym for sym, asym, _ in usable), sum(asym for _, asym, _ in usable),
+                      sum(n - 4 for *_, n in usable))
+    return gain / len(usable) > fdtri(len(usable), dof, 0.95) * max(rss, 1e-300) / dof
+
+
+def _clearly_worse(groups: Groups, best: int, noise: float | None) -> np.ndarray:
+    """Which learning rates did worse than the best beyond noise (any worse one, without a noise estimate)."""
+    gap = groups.mean - groups.mean[best]
+    worse = gap > WORSE_Z * (noise or 0.0) * np.sqrt(1 / groups.count + 1 / groups.count[best])
+    worse[best] = False
+    return worse
+
+
+def _bounds(groups: Groups, best: int, noise: float | None, cliff: float) -> tuple[float, float]:
+    """The nearest learning rates either side of the best that did clearly worse (and the cliff)."""
+    worse, x = _clearly_worse(groups, best, noise), groups.x
+    below, above = x[worse & (x < x[best])], x[worse & (x > x[best])]
+    return (below.max() if len(below) else -math.inf), min(above.min() if len(above) else math.inf, cliff)
+
+
+def _candidates(groups: Groups, best: int) -> np.ndarray:
+    """The trials the local model may see: outward from the best while they stay in the lower part of
+    the valley (within DEPTH of the height the trials within REACH reach above the best), and at least
+    MIN_SIDE on each side. A chance plateau or a far outlier never enters."""
+    x, y = groups.x, groups.mean
+    near = np.abs(x - x[best]) <= REACH
+    ceiling = y[best] + DEPTH * (y[near].max() - y[best])
+    candidate = np.zeros(len(x), dtype=bool)
+    candidate[best] = True
+    for step in (-1, 1):
+        i, taken = best + step, 0
+        while 0 <= i < len(x) and near[i] and (y[i] <= ceiling or taken < MIN_SIDE):
+            candidate[i], taken, i = True, taken + 1, i + step
+    return candidate
+
+
+def _window(groups: Groups, best: int, candidates: np.ndarray, noise: float | None) -> np.ndarray:
+    """Of the candidates, those out to the first learning rate on each side that did clearly worse
+    than the best (it included: the valley's wall), and at least MIN_FIT nearest the best. Where the
+    valley is flat within noise, the model must reach its walls to see where the bottom is; where
+    trials crowd around the optimum, it need not stretch across the whole valley."""
+    x = groups.x
+    worse = _clearly_worse(groups, best, noise)
+    keep = np.zeros(len(x), dtype=bool)
+    keep[best] = True
+    for step in (-1, 1):
+        i = best + step
+        while 0 <= i < len(x) and candidates[i]:
+            keep[i] = True
+            if worse[i]:
+                break
+            i += step
+    inside = np.flatnonzero(candidates)
+    nearest = inside[np.argsort(np.abs(x[inside] - x[best]), kind="stable")[:MIN_FIT]]
+    keep[nearest] = True
+    return keep
+
+
+def _limits(fitted: Groups, bounds: tuple[float, float], tried: np.ndarray,
+            pruned: np.ndarray) -> tuple[float, float]:
+    """Where the estimate may go: no further than MARGIN beyond the fitted trials, nor more than
+    halfway to a pruned trial beyond them (it did worse there); strictly inside the bounds, at most
+    halfway from the nearest trial inside to the bounding trial (or the cliff)."""
+    low, high = bounds
+    first, last = fitted.x[0], fitted.x[-1]
+    below, above = pruned[pruned < first], pruned[pruned > last]
+    lower = max(first - MARGIN, (first + below.max()) / 2 if len(below) else -math.inf)
+    upper = min(last + MARGIN, (last + above.min()) / 2 if len(above) else math.inf)
+    inside = tried[(tried > low) & (tried < high)]
+    if math.isfinite(low) and len(inside):
+        lower = max(lower, (low + inside.min()) / 2)
+    if math.isfinite(high) and len(inside):
+        upper = min(upper, (high + inside.max()) / 2)
+    return lower, upper
+
+
+# --- the fallback: the best trials' neighbourhood ----------------------------------------------------------
+
+def _as_good_as_best(fitted: Groups, noise: float | None, tried: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """The mean log learning rate of those next to the best that did as well as it (within noise),
+    and an interval from the trial tried below them to the one tried above them. No smoothing: a
+    sharp valley between sparse trials would be blurred towards its gentle side."""
+    best = int(np.argmin(fitted.mean))
+    se = (noise or 0.0) * np.sqrt(1 / fitted.count + 1 / fitted.count[best])
+    good = fitted.mean - fitted.mean[best] <= WORSE_Z * se
+    first = last = best
+    while first > 0 and good[first - 1]:
+        first -= 1
+    while last < len(good) - 1 and good[last + 1]:
+        last += 1
+    xs, counts = fitted.x[first:last + 1], fitted.count[first:last + 1]
+    estimate = float(np.average(xs, weights=counts))
+    below, above = tried[tried < xs[0]], tried[tried > xs[-1]]
+    return estimate, (float(below.max()) if len(below) else float(xs[0]),
+                      float(above.min()) if len(above) else float(xs[-1]))
+
+
+# --- too few trials for a curve ------------------------------------------------------------------------------
+
+def _best_trial(x_best, tried, cliff, lr_range):
+    """The best one, and an interval reaching the trials either side of it."""
+    below, above = tried[tried < x_best], tried[tried > x_best]
+    low = below.max() if len(below) else math.log(lr_range[0])
+    high = min(above.min() if len(above) else math.log(lr_range[1]), cliff)
+    return float(x_best), (min(low, x_best), max(high, x_best)), BEST_TRIAL
+
+
+def _interpolated(groups: Groups, noise: float | None, estimate: float, cliff: float) -> Valley:
+    """A valley read off the trials alone (no model)."""
+    grid = groups.x.copy()
+    return Valley(groups, noise or 0.0, estimate, cliff, grid, groups.mean[None, :], (math.inf, -math.inf))
+
+
+# --- 6. no signal --------------------------------------------------------------------------------------------
+
+def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None) -> bool:
+    """No learning rate did better than the others beyond noise, or the best run is no better than
+    the untrained model."""
+    best_mean = groups.mean[best]
+    if baseline is not None and best_mean > baseline - NO_SIGNAL_Z * (noise or 0.0):
+        return True
+    if noise is None or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
+        return False
+    se = noise * np.sqrt(1 / groups.count + 1 / groups.count[best])
+    return not np.any(groups.mean - best_mean > NO_SIGNAL_Z * se)
 
 
 def _cliff(diverged_x: np.ndarray, floor: float) -> float:
-    """The lowest diverged log-lr above ``floor`` (the lowest trial the estimate rests on): the
-    optimum lies below it, even when a luckier run above it completed. Inf when none."""
+    """The lowest diverged log-lr above ``floor`` (the lowest complete trial): the optimum lies below
+    it, even when a luckier run above it completed. Inf when none."""
     above = diverged_x[diverged_x > floor]
     return float(above.min()) if len(above) else math.inf
 
 
-def _best_trial(x_best, tried, cliff, lr_range):
-    """Too few trials for a curve: the best one, and an interval reaching the trials either side."""
-    below, above = tried[tried < x_best], tried[tried > x_best]
-    low = below.max() if len(below) else math.log(lr_range[0])
-    high = min(above.min() if len(above) else math.log(lr_range[1]), cliff)
-    return float(x_best), (min(low, x_best), max(high, x_best)), None, (x_best, x_best)
+def _lrs(bracket: tuple[float, float]) -> tuple[float | None, float | None]:
+    return tuple(math.exp(x) if math.isfinite(x) else None for x in bracket)
 
 
-def _local_quadratic(x, loss, best, tried, cliff, rng):
-    fitted = _window(loss)
-    center = x[best]
-    d, y = x[fitted] - center, loss[fitted]
-    kernel = np.exp(-0.5 * (d / BANDWIDTH) ** 2)
-    (lower, upper), gap = _limits(d.min() + center, d.max() + center, tried, cliff)
-    lower, upper = lower - center, upper - center
-    coef = _weighted_quadratics(d, y, kernel[None, :])[0]
-    estimate = _vertex(coef[None, :], d, y, kernel[None, :], lower, upper)[0]
-    resampled = rng.multinomial(len(d), np.full(len(d), 1.0 / len(d)), size=N_BOOTSTRAP)
-    weights = kernel[None, :] * resampled
-    low, high = np.percentile(_vertex(_weighted_quadratics(d, y, weights), d, y, weights, lower, upper),
-                              [2.5, 97.5]) + center
-    # When the fit itself runs into the limit on extrapolation, the data cannot say where in the gap
-    # up to the next trial tried the optimum lies: the interval takes the whole gap.
-    low = gap[0] if estimate <= lower and math.isfinite(gap[0]) else low
-    high = gap[1] if estimate >= upper and math.isfinite(gap[1]) else high
-    estimate += center
-    return float(estimate), (min(low, estimate), max(high, estimate)), (coef if coef[2] > 0 else None), \
-        (d.min() + center, d.max() + center)
-
-
-def _limits(first: float, last: float, tried: np.ndarray, cliff: float):
-    """Where the vertex may go, given the fitted trials span [first, last]: no further than MARGIN
-    beyond them, and no more than halfway to the next trial tried beyond them (it did worse, or it
-    would have been fitted) or to the cliff, whichever is nearer. Also returns those bounds (the gap)."""
-    below, above = tried[tried < first], tried[tried > min(last, cliff)]
-    gap = (below.max() if len(below) else -math.inf, min(above.min() if len(above) else math.inf, cliff))
-    edge = tried[tried < gap[1]].max() if math.isfinite(gap[1]) else last
-    return (max(first - MARGIN, (first + gap[0]) / 2), min(last + MARGIN, (edge + gap[1]) / 2)), gap
-
-
-def _window(loss) -> np.ndarray:
-    """Indices fitted: the better half of the complete trials, at least MIN_FITTED of them. Ranked by
-    value, not by distance, so that a trial over the cliff never bends the parabola."""
-    return np.argsort(loss, kind="stable")[:max(MIN_FITTED, math.ceil(len(loss) / 2))]
-
-
-def _weighted_quadratics(d, y, weights) -> np.ndarray:
-    """Least-squares a + b d + c d^2 for each row of weights at once: (rows, 3) coefficients."""
-    basis = np.stack([np.ones_like(d), d, d * d], axis=1)
-    normal = np.einsum("rn,ni,nj->rij", weights, basis, basis)
-    rhs = np.einsum("rn,ni,n->ri", weights, basis, y)
-    normal += 1e-9 * np.eye(3) * (1.0 + np.abs(normal).max(axis=(1, 2)))[:, None, None]
-    return np.linalg.solve(normal, rhs[..., None])[..., 0]
-
-
-def _vertex(coef, d, y, weights, lower, upper) -> np.ndarray:
-    """Each fit's minimum, clipped to [lower, upper]; where the fit is not a valley, its best point."""
-    curved = coef[:, 2] > 1e-12
-    vertex = -coef[:, 1] / (2 * np.where(curved, coef[:, 2], 1.0))
-    present = np.where(weights > 0, y[None, :], np.inf)
-    best_seen = d[np.argmin(present, axis=1)]
-    return np.clip(np.where(curved, vertex, best_seen), lower, upper)
+def _plain_noise(noise: float | None) -> float | None:
+    return None if noise is None else float(noise)

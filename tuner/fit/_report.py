@@ -130,8 +130,10 @@ def _decimals(values: list[float]) -> int:
 def _cost(stats: dict, i: int, decimals: int) -> str:
     if stats["diverges"][i]:
         return "diverges"
-    cost = stats["metric_cost"][i]
-    return "-" if cost is None else f"+{cost:.{decimals}f}"
+    cost, se = stats["metric_cost"][i], (stats.get("metric_cost_se") or [None] * (i + 1))[i]
+    if cost is None:
+        return "-"
+    return f"+{cost:.{decimals}f}" + (f" ± {se:.{decimals}f}" if se else "")
 
 
 def _aligned(rows: list[list[str]]) -> list[str]:

@@ -15,10 +15,12 @@ from tuner.fit._optimum import (
     EDGE_LOW,
     NO_COMPLETE,
     OUT_OF_MEMORY,
+    TOLERATED,
+    Z95,
     BatchOptimum,
-    estimate_optimum,
+    estimate_optima,
 )
-from tuner.fit._rules import LINEAR, SATURATING, SQRT, Rule, fit_rules
+from tuner.fit._rules import LINEAR, SATURATING, SQRT, Optima, Rule, fit_rules
 from tuner.fit._verdict import (
     add_costs,
     anchored,
@@ -30,6 +32,7 @@ from tuner.fit._verdict import (
 )
 
 MIN_BATCH_SIZES = 3   # the two-parameter rules need a degree of freedom left to be compared
+DIVERGES = 1e6       # a learning rate that diverged costs this many times the tolerated cost
 SIGMA_FLOOR = 0.03    # no optimum is known better than ×1.03: keeps one lucky interval from ruling the fit
 
 
@@ -97,6 +100,7 @@ class FitResult:
             n_trials=r["n_trials"], n_complete=r.get("n_complete", r["n_trials"]),
             n_pruned=r.get("n_pruned", 0), n_diverged=r.get("n_diverged", 0), best_lr=r.get("best_lr"),
             best_value=r.get("best_value"), flags=tuple(r.get("flags", ())), method=r.get("method", ""),
+            noise=r.get("noise"), vertex=r.get("vertex"), bracket=tuple(r["bracket"]) if r.get("bracket") else None,
         ) for r in data["optimal_lr"]]
         return cls(study=data["study"], direction=data["direction"], batch_sizes=list(data["batch_sizes"]),
                    optima=optima, rules=rules, recommended=data["recommended"],
@@ -127,16 +131,14 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
                          "a fit needs exactly one metric")
     data = read_study(study)
     rng = np.random.default_rng(seed)
-    optima = [estimate_optimum(b, data.maximize, data.lr_range, rng) for b in data.batches]
+    optima = estimate_optima(data.batches, data.maximize, data.lr_range, rng)
     optima = [replace(o, flags=(OUT_OF_MEMORY, *o.flags)) if o.batch_size in data.infeasible else o for o in optima]
     usable = [o for o in optima if o.usable]
     if len(usable) < MIN_BATCH_SIZES:
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    sigma = np.maximum([o.sigma for o in usable], SIGMA_FLOOR)
-    rules = fit_rules([o.batch_size for o in usable], np.log([o.lr for o in usable]), sigma,
-                      reference.batch_size)
+    rules = fit_rules([o.batch_size for o in usable], _optima(usable), reference.batch_size)
     add_costs(rules, optima)
     for name in (LINEAR, SQRT):
         rules[name].stats["anchored_lr"] = anchored(name, reference, batch_sizes)
@@ -147,6 +149,50 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         verdict=write_verdict(rules, recommended, optima, reference),
         warnings=warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima),
         lr_range=data.lr_range, version=__version__)
+
+
+def _optima(usable: list[BatchOptimum]) -> Optima:
+    low, high = (np.maximum([o.spread[side] for o in usable], SIGMA_FLOOR) for side in (0, 1))
+    floor = [math.log(o.bracket[0]) if o.bracket and o.bracket[0] else -math.inf for o in usable]
+    ceiling = [math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf for o in usable]
+    cost_x, cost = (np.array(column) for column in zip(*(_cost_curve(o) for o in usable)))
+    y = np.log([o.vertex for o in usable])
+    reach = [_reach(y, cost_x, cost, side) for side in (0, 1)]
+    reach = [np.where(np.isfinite(r), r, Z95 * spread) for r, spread in zip(reach, (low, high))]
+    return Optima(np.log([o.batch_size for o in usable]), y, low, high, np.asarray(floor), np.asarray(ceiling),
+                  cost_x, cost, *reach)
+
+
+def _reach(y: np.ndarray, cost_x: np.ndarray, cost: np.ndarray, side: int) -> np.ndarray:
+    """Per batch size, how far below (side 0) or above (1) its optimum following a rule first costs
+    the tolerated cost; inf where it never does within the trials."""
+    reach = np.full(len(y), np.inf)
+    for i, (x, c) in enumerate(zip(cost_x, cost)):
+        beyond = (x > y[i]) if side else (x < y[i])
+        hit = beyond & (np.nan_to_num(c) >= 1.0)
+        if hit.any():
+            reach[i] = float(np.min(np.abs(x[hit] - y[i])))
+    return reach
+
+
+def _cost_curve(optimum: BatchOptimum, points: int = 161) -> tuple[np.ndarray, np.ndarray]:
+    """What following a learning rate costs at this batch size, across ×4 either side of its
+    optimum, in units of the tolerated cost (nan where the trials do not say; 1e6 where it diverged)."""
+    x = math.log(optimum.lr) + np.linspace(-math.log(4.0), math.log(4.0), points)
+    if optimum.valley is None or optimum.best_value is None:
+        return x, np.full(points, np.nan)
+    allowed = max(TOLERATED * abs(optimum.best_value), optimum.valley.noise, 1e-300)
+    costs = np.array([np.nan if c is None else min(c[0] / allowed, DIVERGES)
+                      for c in map(optimum.valley.worse_by, np.exp(x))])
+    # from the last learning rate that completed on to a divergence, and past it, ever worse: the
+    # slope lets the fit find its way back
+    cliff, measured = optimum.valley.cliff_x, np.flatnonzero(np.isfinite(costs) & (costs < DIVERGES))
+    if math.isfinite(cliff) and len(measured):
+        last = x[measured[-1]]
+        ramp = x > last
+        costs[ramp] = np.maximum(np.nan_to_num(costs[ramp]), costs[measured[-1]] +
+                                 DIVERGES * (x[ramp] - last) / max(cliff - last, 1e-9))
+    return x, costs
 
 
 def _reference(usable: list[BatchOptimum], wanted: int | None) -> BatchOptimum:

@@ -1,7 +1,8 @@
 """Rules for the optimal learning rate as a function of batch size, fitted to the per-batch optima.
 
-Four rules, fitted in log space by weighted least squares (weights 1/sigma^2 from each batch size's
-interval):
+Four rules, fitted in log space by least squares, each batch size's error scaled by its own interval
+on the side the rule passes it (``Spread``: a batch size whose optimum sits just below a cliff has a
+tight interval above it, and a rule that overshoots there pays for it):
 
 * ``linear``: lr proportional to B (Goyal et al. 2017);
 * ``sqrt``: lr proportional to sqrt(B) (Krizhevsky 2014; Malladi et al. 2022 for Adam);
@@ -32,6 +33,7 @@ N_PARAMS = {LINEAR: 1, SQRT: 1, POWER: 2, SATURATING: 2}
 # (B_noise >> B) or flat (B_noise << B) over the whole range and the data cannot tell more
 B_NOISE_REACH = 100.0
 PRIOR_DOF = 1  # see _variance_scale
+OUTSIDE = 0.01  # a rule ×1.01 beyond where a batch size's trials allow its optimum misses by a spread
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,67 @@ def log_model(name: str, theta: np.ndarray, log_b: np.ndarray, log_ref: float) -
     return theta[0] + alpha * (log_b - log_ref)
 
 
-def fit_theta(name: str, log_b: np.ndarray, y: np.ndarray, sigma: np.ndarray, log_ref: float) -> np.ndarray:
-    """Weighted least-squares parameters of one rule."""
+@dataclass(frozen=True)
+class Optima:
+    """The per-batch optima a rule is fitted to, in log space."""
+
+    log_b: np.ndarray
+    y: np.ndarray        # log lr*
+    low: np.ndarray      # standard error of y below it...
+    high: np.ndarray     # ...and above it (from each batch size's interval)
+    floor: np.ndarray    # where each batch size's trials allow the optimum (-inf, inf: anywhere)
+    ceiling: np.ndarray
+    cost_x: np.ndarray   # (batch sizes, points): log-lr...
+    cost: np.ndarray     # ...and what following it costs there, in units of the tolerated cost (nan: unmeasured)
+    reach_low: np.ndarray   # how far below y following a rule costs the tolerated cost...
+    reach_high: np.ndarray  # ...and above it (where the trials do not say: the 95% interval)
+
+    def take(self, keep: np.ndarray) -> Optima:
+        return Optima(*(getattr(self, f)[keep] for f in ("log_b", "y", "low", "high", "floor", "ceiling",
+                                                          "cost_x", "cost", "reach_low", "reach_high")))
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return np.sqrt(self.low * self.high)
+
+
+def fit_theta(name: str, data: Optima, log_ref: float) -> np.ndarray:
+    """Parameters of one rule that lose the least metric over the batch sizes measured (``cost``),
+    starting from the least-squares fit to the optima in log-lr. Fitted in log-lr alone, the exact
+    optima of a valley that ends in a cliff put a rule past the cliff, and most of a rule's misses
+    in a flat valley cost nothing."""
+    theta = _fit_symmetric(name, data.log_b, data.y, data.sigma, log_ref)
+    bounds = ([-np.inf, data.log_b.min() - math.log(B_NOISE_REACH)],
+              [np.inf, data.log_b.max() + math.log(B_NOISE_REACH)]) if name == SATURATING else (-np.inf, np.inf)
+    return least_squares(lambda th: cost(name, th, data, log_ref), x0=theta, bounds=bounds).x
+
+
+def cost(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
+    """Per batch size, the root of what following the rule costs there in units of the tolerated cost
+    (where the trials say) plus its miss squared in units of ``reach``, and its stretch beyond where
+    the trials allow the optimum in units of OUTSIDE."""
+    predicted = log_model(name, theta, data.log_b, log_ref)
+    miss = data.y - predicted
+    stray = miss / np.where(miss < 0, data.reach_high, data.reach_low)
+    measured = np.array([np.interp(p, x, c, left=np.nan, right=np.nan)
+                         for p, x, c in zip(predicted, data.cost_x, data.cost)])
+    scaled = np.sqrt(np.nan_to_num(measured) + stray**2)
+    return np.r_[scaled, _outside(predicted, data)]
+
+
+def misfit(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
+    """Per batch size, the miss in units of its interval on the side the rule passes it, and its
+    stretch beyond where the trials allow the optimum: what the comparison of rules rests on."""
+    predicted = log_model(name, theta, data.log_b, log_ref)
+    miss = data.y - predicted
+    return np.r_[miss / np.where(miss < 0, data.high, data.low), _outside(predicted, data)]
+
+
+def _outside(predicted: np.ndarray, data: Optima) -> np.ndarray:
+    return (np.maximum(predicted - data.ceiling, 0.0) + np.maximum(data.floor - predicted, 0.0)) / OUTSIDE
+
+
+def _fit_symmetric(name: str, log_b: np.ndarray, y: np.ndarray, sigma: np.ndarray, log_ref: float) -> np.ndarray:
     w = 1.0 / sigma**2
     if name in FIXED_ALPHA:
         return np.array([np.sum(w * (y - FIXED_ALPHA[name] * (log_b - log_ref))) / np.sum(w)])
@@ -110,35 +171,33 @@ def to_rule(name: str, theta: np.ndarray, reference: int) -> Rule:
     return Rule(name, {"alpha": float(alpha), "lr_ref": float(math.exp(theta[0])), "batch_size_ref": reference})
 
 
-def fit_rules(batch_sizes: list[int], log_lr: np.ndarray, sigma: np.ndarray, reference: int) -> dict[str, Rule]:
+def fit_rules(batch_sizes: list[int], data: Optima, reference: int) -> dict[str, Rule]:
     """Every rule fitted to the per-batch optima, with its comparison statistics."""
-    log_b = np.log(np.asarray(batch_sizes, dtype=float))
     log_ref = math.log(reference)
     rules = {}
     for name in RULE_NAMES:
-        theta = fit_theta(name, log_b, log_lr, sigma, log_ref)
-        residual = (log_lr - log_model(name, theta, log_b, log_ref)) / sigma
-        chi2, k, n = float(np.sum(residual**2)), N_PARAMS[name], len(log_b)
+        theta = fit_theta(name, data, log_ref)
+        chi2 = float(np.sum(misfit(name, theta, data, log_ref) ** 2))
+        k, n = N_PARAMS[name], len(data.y)
         stats = {"n_params": k, "chi2": chi2, "aic": chi2 + 2 * k, "bic": chi2 + k * math.log(n),
-                 "lobo_error": _leave_one_out(name, log_b, log_lr, sigma, log_ref)}
+                 "lobo_error": _leave_one_out(name, data, log_ref)}
         rules[name] = to_rule(name, theta, reference)
         rules[name].stats.update(stats)
-    rules[POWER].stats["alpha_ci"] = _alpha_interval(log_b, log_lr, sigma, rules[POWER].params["alpha"])
-    rules[SATURATING].stats["b_noise_ci"] = _b_noise_interval(log_b, log_lr, sigma)
+    rules[POWER].stats["alpha_ci"] = _alpha_interval(data.log_b, data.y, data.sigma, rules[POWER].params["alpha"])
+    rules[SATURATING].stats["b_noise_ci"] = _b_noise_interval(data.log_b, data.y, data.sigma)
     return rules
 
 
-def _leave_one_out(name, log_b, y, sigma, log_ref) -> float | None:
+def _leave_one_out(name, data: Optima, log_ref) -> float | None:
     """Typical factor by which the rule, fitted without a batch size, misses that batch size's optimum
     (exp of the root-mean-square log error); None when too few batch sizes remain to fit it."""
-    n = len(log_b)
+    n = len(data.y)
     if n - 1 < N_PARAMS[name] + 1:
         return None
     errors = []
     for i in range(n):
-        keep = np.arange(n) != i
-        theta = fit_theta(name, log_b[keep], y[keep], sigma[keep], log_ref)
-        errors.append(y[i] - log_model(name, theta, log_b[i:i + 1], log_ref)[0])
+        theta = fit_theta(name, data.take(np.arange(n) != i), log_ref)
+        errors.append(data.y[i] - log_model(name, theta, data.log_b[i:i + 1], log_ref)[0])
     return float(math.exp(math.sqrt(np.mean(np.square(errors)))))
 
 

@@ -40,8 +40,9 @@ def add_costs(rules: dict[str, Rule], optima: list[BatchOptimum]) -> None:
         lrs = np.atleast_1d(rule.predict(batch_sizes))
         costs = [o.valley.worse_by(float(lr)) if o.valley is not None else None for o, lr in zip(optima, lrs)]
         rule.stats.update(
-            metric_cost=[None if c is None or c == math.inf else c for c in costs],
-            diverges=[c == math.inf for c in costs],
+            metric_cost=[None if c is None or c[0] == math.inf else c[0] for c in costs],
+            metric_cost_se=[None if c is None or c[0] == math.inf else c[1] for c in costs],
+            diverges=[c is not None and c[0] == math.inf for c in costs],
             max_factor=max(_factor(float(lr), o.lr) for o, lr in zip(optima, lrs) if o.usable))
 
 
@@ -113,14 +114,17 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
 
 
 def _cost(rule: Rule, batch_sizes: list[int]) -> str:
-    costs = [(c, b) for c, b in zip(rule.stats["metric_cost"], batch_sizes) if c is not None]
-    if any(rule.stats["diverges"]):
-        where = [str(b) for b, d in zip(batch_sizes, rule.stats["diverges"]) if d]
+    stats = rule.stats
+    costs = [(c, se or 0.0, b) for c, se, b in zip(stats["metric_cost"], stats["metric_cost_se"], batch_sizes)
+             if c is not None]
+    if any(stats["diverges"]):
+        where = [str(b) for b, d in zip(batch_sizes, stats["diverges"]) if d]
         return f"Careful: at B={', '.join(where)} its learning rate is one that diverged."
     if not costs:
         return ""
-    worst, at = max(costs)
-    return f"Following it costs at most {worst:.2g} in the metric (at B={at}) against each batch size's optimum."
+    worst, se, at = max(costs)
+    return (f"Following it costs at most {worst:.2g} ± {se:.1g} in the metric (at B={at}) against each batch "
+            "size's optimum.")
 
 
 def _anchored_misses(rule: Rule, reference: BatchOptimum, optima: list[BatchOptimum], recommended: str) -> str:
@@ -136,7 +140,7 @@ def _anchored_misses(rule: Rule, reference: BatchOptimum, optima: list[BatchOpti
         factor = _factor(lrs[worst], target[worst])
         if factor >= TOLERANCE:
             valley = optima[worst].valley
-            diverges = valley is not None and valley.loss_at(math.log(lrs[worst])) == math.inf
+            diverges = valley is not None and valley.worse_by(lrs[worst]) == (math.inf, 0.0)
             misses.append(f"the {RULE_LABELS[name]} would {'over' if lrs[worst] > target[worst] else 'under'}"
                           f"-shoot ×{factor:.1f} at B={batch_sizes[worst]}{' and diverge' if diverges else ''}")
     if not misses:
