@@ -15,7 +15,7 @@ def test_minimal_spec_gets_working_defaults():
     assert spec.study.direction == "minimize" and spec.study.seed == 0
     assert spec.search.lr == [1e-3, 1.0]
     assert spec.search.batch_sizes == [8, 16, 64]  # sorted
-    assert (spec.search.sampler, spec.search.pruner) == ("valley", "median")
+    assert (spec.search.sampler, spec.search.pruner, spec.search.replicates) == ("valley", "valley", "auto")
     assert spec.workload.options == {"width": 3}
 
 

@@ -59,7 +59,8 @@ def test_complete_trials_record_value_samples_and_outcome(storage):
     assert len(trials) == 8
     for t in trials:
         assert t.value == pytest.approx(t.params["lr"] * t.params["batch_size"])
-        assert t.user_attrs == {"outcome": "complete", "samples": 30 * t.params["batch_size"]}
+        assert t.user_attrs == {"outcome": "complete", "samples": 30 * t.params["batch_size"],
+                                "seed": trial_seed(0, t.number)}
         assert sorted(t.intermediate_values) == [10 * t.params["batch_size"] * k for k in (1, 2, 3)]
 
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, WorkloadFailing
 from tuner.recovery import mark_worker, recover_dead_trials
-from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleySampler
+from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleyPruner, ValleySampler
 from tuner.spec import StudySpec, parse_spec
 from tuner.trials import (
     BATCH_SIZE,
@@ -92,7 +92,8 @@ def make_sampler(spec: StudySpec, stream: tuple[int, ...] = ()) -> BatchSizeSamp
     search = spec.search
     seed = int(np.random.SeedSequence([spec.study.seed, *stream]).generate_state(1)[0])
     lr_samplers = {
-        "valley": lambda: ValleySampler(n_startup_trials=search.startup_trials, seed=seed),
+        "valley": lambda: ValleySampler(n_startup_trials=search.startup_trials, replicates=search.replicates,
+                                        seed=seed),
         "tpe": lambda: TPESampler(n_startup_trials=search.startup_trials, constant_liar=True, seed=seed),
         "random": lambda: RandomSampler(seed=seed),
     }
@@ -107,8 +108,9 @@ def make_pruner(spec: StudySpec) -> BasePruner:
     search = spec.search
     if search.pruner == "none":
         return NopPruner()
-    return BatchSizePruner(SameStepMedianPruner(n_startup_trials=search.pruner_startup_trials,
-                                                n_warmup_steps=search.pruner_warmup_samples))
+    within = ValleyPruner if search.pruner == "valley" else SameStepMedianPruner
+    return BatchSizePruner(within(n_startup_trials=search.pruner_startup_trials,
+                                  n_warmup_steps=search.pruner_warmup_samples))
 
 
 def objective_for(spec: StudySpec, workload: Workload) -> Callable[[optuna.Trial], float]:

@@ -51,7 +51,8 @@ class SearchTable(_Table):
     sampler: Literal["valley", "tpe", "random"] = "valley"
     startup_trials: PositiveInt = 4
     warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
-    pruner: Literal["median", "none"] = "median"
+    replicates: Literal["auto"] | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = "auto"
+    pruner: Literal["valley", "median", "none"] = "valley"
     pruner_startup_trials: NonNegativeInt = 3
     pruner_warmup_samples: NonNegativeInt = 0
 

@@ -7,6 +7,8 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
   ``diverged`` (NaN/inf or FloatingPointError; stored as PRUNED so it counts as finished and Optuna
   tools treat it as a bad trial, without a sentinel value squashing the plots) or ``failed``.
 * ``samples``: training samples seen, the largest step the workload reported.
+* ``seed``: the run's seed (``run.seed``); a learning rate repeated near the optimum (a replicate)
+  differs from its first run only by it.
 * ``error``: for a failed trial, the exception and where it was raised.
 * ``retry_of``: on a trial re-run because the worker of that earlier trial died.
 * ``out_of_memory``: true on a failed trial that ran out of memory; its batch size is then listed
@@ -32,6 +34,7 @@ BATCH_SIZE = "batch_size"
 LR = "lr"
 OUTCOME = "outcome"
 SAMPLES = "samples"
+SEED = "seed"
 ERROR = "error"
 RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker died
 OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible

@@ -177,6 +177,7 @@ def _as_metric(value: Any) -> float:
 
 def _record(trial: optuna.Trial, run: Run, outcome: Outcome, error: str | None = None) -> None:
     trial.set_user_attr(trials.OUTCOME, outcome.value)
+    trial.set_user_attr(trials.SEED, run.seed)
     trial.set_user_attr(trials.SAMPLES, run.samples_seen)
     if error is not None:
         trial.set_user_attr(trials.ERROR, error)

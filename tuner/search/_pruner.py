@@ -3,13 +3,16 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.fit._data import batch_trials
+from tuner.fit._optimum import BatchOptimum, estimate_optimum
 from tuner.search._view import BatchSizeView
-from tuner.trials import BATCH_SIZE
+from tuner.trials import BATCH_SIZE, LR
 
 
 class BatchSizePruner(BasePruner):
@@ -22,7 +25,7 @@ class BatchSizePruner(BasePruner):
     the trials that had finished when the trial started (Optuna's per-trial snapshot of the study).
 
     Args:
-        pruner: the rule applied within a batch size; by default ``SameStepMedianPruner()``, or
+        pruner: the rule applied within a batch size; by default ``ValleyPruner()``, or
             any Optuna pruner that reads the study's trials (``MedianPruner``,
             ``PercentilePruner``). ``HyperbandPruner`` cannot be wrapped: it rebuilds its own
             view of the study from storage.
@@ -32,11 +35,11 @@ class BatchSizePruner(BasePruner):
         if isinstance(pruner, HyperbandPruner):
             raise ValueError("HyperbandPruner cannot be restricted to one batch size "
                              "(it reads trials from storage itself); use MedianPruner or PercentilePruner")
-        self._pruner = pruner if pruner is not None else SameStepMedianPruner()
+        self._pruner = pruner if pruner is not None else ValleyPruner()
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         batch_size = trial.params.get(BATCH_SIZE)
-        if batch_size is None:  # no batch size, no fair comparison
+        if batch_size is None or not trial.last_step:  # no fair comparison; or it has not trained yet
             return False
         return self._pruner.prune(BatchSizeView(study, batch_size, cached=True), trial)
 
@@ -73,3 +76,88 @@ class SameStepMedianPruner(BasePruner):
         if study.direction == StudyDirection.MAXIMIZE:
             return max(mine) < statistics.median(others)
         return min(mine) > statistics.median(others)
+
+
+class ValleyPruner(BasePruner):
+    """Prunes a trial only when even the best finish its neighbours had cannot save it.
+
+    Meant for one batch size's learning-rate search (``BatchSizePruner`` hands it a view of the
+    study that holds only that batch size). At a report after ``step`` training samples, the trial's
+    **optimistic finish** is its value now, improved by the most that any of its ``n_neighbours``
+    nearest complete trials (in learning rate, either side) improved from that step to their end. It
+    is pruned when both hold:
+
+    1. its optimistic finish is still worse than the best complete trial's final value by more than
+       the noise (``Z`` standard deviations of one run's final metric, as the fit estimates it);
+    2. its learning rate is outside the current optimum's 95% interval and outside the bracket of
+       learning rates either side of the best where trials did clearly worse (the fit of the
+       finished trials so far): the trials there are the ones the fit needs.
+
+    Why not MedianPruner's rule (worse than the median at the same step)? Early in training a higher
+    learning rate is ahead of a lower one that will end better, so the median prunes the learning
+    rates just below the optimum and leaves the valley one-sided (the short-horizon bias); and while
+    every run is still at chance level it compares noise. Here a trial is judged by where its
+    neighbours' curves took them: a run at chance level whose neighbours went on to learn is kept.
+
+    Args:
+        n_startup_trials: complete trials needed before any trial is pruned.
+        n_warmup_steps: steps (training samples seen) before a trial can be pruned.
+        n_neighbours: complete trials whose improvement bounds a trial's finish.
+    """
+
+    Z = 2.5  # "beyond noise": one-sided, about 99%
+
+    def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 0, n_neighbours: int = 3) -> None:
+        if n_startup_trials < 0 or n_warmup_steps < 0 or n_neighbours < 1:
+            raise ValueError("n_startup_trials and n_warmup_steps must be >= 0 and n_neighbours >= 1")
+        self._n_startup_trials = n_startup_trials
+        self._n_warmup_steps = n_warmup_steps
+        self._n_neighbours = n_neighbours
+        self._fits: dict[tuple, BatchOptimum] = {}
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step, lr = trial.last_step, trial.params.get(LR)
+        if not step or step < self._n_warmup_steps or lr is None or not lr > 0:
+            return False
+        completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.params.get(LR, 0) > 0 and t.value is not None and math.isfinite(t.value)]
+        now = trial.intermediate_values.get(step, math.nan)
+        if len(completed) < max(self._n_startup_trials, 1) or not math.isfinite(now):
+            return False
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        x = math.log(lr)
+        # (distance in log-lr, how much it improved from this step to its end), lower is better
+        gains = sorted((abs(math.log(t.params[LR]) - x), sign * (v - t.value)) for t in completed
+                       if math.isfinite(v := t.intermediate_values.get(step, math.nan)))[:self._n_neighbours]
+        if not gains:
+            return False
+        optimistic = sign * now - max(gain for _, gain in gains)
+        fit = self._fit(study, trial.params.get(BATCH_SIZE), sign < 0)
+        if fit is None or fit.ci is None or fit.noise is None or _protected(fit, lr):
+            return False
+        best = min(sign * t.value for t in completed)
+        return optimistic > best + self.Z * fit.noise
+
+    def _fit(self, study: optuna.Study, batch_size: int | None, maximize: bool) -> BatchOptimum | None:
+        """The fit of this batch size's finished trials (cached per set of trials: it changes only
+        when a trial finishes); None before any completed."""
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        key = (batch_size, tuple(sorted(t.number for t in finished)))
+        if key not in self._fits:
+            trials = batch_trials(batch_size, finished)
+            if len(trials.x) == 0:
+                return None
+            tried = np.concatenate([trials.x, trials.pruned_x, trials.diverged_x])
+            lr_range = (math.exp(tried.min()), math.exp(tried.max()))
+            # one batch size's snapshot at a time is all a report needs
+            self._fits = {key: estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0))}
+        return self._fits[key]
+
+
+def _protected(fit: BatchOptimum, lr: float) -> bool:
+    """Inside the optimum's interval, or inside the bracket where no trial did clearly worse yet."""
+    low, high = fit.ci
+    if fit.bracket is not None:
+        low = min(low, fit.bracket[0] or 0.0)
+        high = max(high, fit.bracket[1] or math.inf)
+    return low <= lr <= high

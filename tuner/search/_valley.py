@@ -11,6 +11,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.fit._data import BatchTrials
+from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, estimate_optimum
 from tuner.trials import is_diverged
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -23,6 +25,8 @@ _MAX_REACH = math.log(4.0)  # ...and at most this far
 # (overshoots: worst seed ×8 to ×33 off), ×8 gave the smallest worst-case error; it also beat
 # starting with trials at ×4 above and below the hint.
 _HINT_STEP = math.log(8.0)
+MAX_RUNS = 4  # a learning rate is run at most this many times (with different seeds)
+_REPLICATE_REACH = math.log(1.15)  # only a learning rate this close to the estimated optimum is repeated
 
 
 class ValleySampler(BaseSampler):
@@ -47,10 +51,17 @@ class ValleySampler(BaseSampler):
 
     Args:
         n_startup_trials: trials spread over the range before bracketing and refining.
+        replicates: share of the refining trials that run a learning rate already tried near the
+            optimum again (with another seed), or "auto": a quarter where the noise is large
+            against the valley's depth, none otherwise.
         seed: makes the proposals reproducible.
     """
 
-    def __init__(self, *, n_startup_trials: int = 4, seed: int | None = None) -> None:
+    def __init__(self, *, n_startup_trials: int = 4, replicates: float | str = "auto",
+                 seed: int | None = None) -> None:
+        if replicates != "auto" and not (isinstance(replicates, (int, float)) and 0 <= replicates <= 1):
+            raise ValueError(f"replicates must be 'auto' or a share in [0, 1], got {replicates!r}")
+        self._replicates = replicates
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
         self._n_startup_trials = n_startup_trials
@@ -108,9 +119,57 @@ class ValleySampler(BaseSampler):
             return _bracket(x_best, cliff, hint)
         if below == -math.inf and x_best - low > _MIN_GAP:
             return _bracket(x_best, low, hint)
-        reach_up = min(max(min(above, cliff) - x_best, _MIN_REACH), _MAX_REACH, cliff - x_best)
-        reach_down = min(max(x_best - below, _MIN_REACH), _MAX_REACH, x_best - low)
-        return self._rng.uniform(x_best - reach_down, x_best + reach_up)
+        fit = self._fit(earlier, name, direction, low, high)
+        center = x_best if fit is None else math.log(fit.lr)
+        replicate = self._replicate(fit, center)
+        if replicate is not None:
+            return replicate
+        above = min([x for x in ran if x > center] + [math.inf])
+        below = max([x for x in ran if x < center] + [-math.inf])
+        reach_up = min(max(min(above, cliff) - center, _MIN_REACH), _MAX_REACH, cliff - center)
+        reach_down = min(max(center - below, _MIN_REACH), _MAX_REACH, center - low)
+        return self._rng.uniform(center - reach_down, center + reach_up)
+
+    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
+             low: float, high: float) -> BatchOptimum | None:
+        """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
+        single trial is often a lucky one, and refining around it keeps the search on one side."""
+        complete = [t for t in earlier if t.state == TrialState.COMPLETE and t.params[name] > 0]
+        diverged = [t for t in earlier if is_diverged(t) and t.params[name] > 0]
+        pruned = [t for t in earlier if t.state == TrialState.PRUNED and not is_diverged(t) and t.params[name] > 0]
+        trials = BatchTrials(0, np.array([math.log(t.params[name]) for t in complete]),
+                             np.array([t.value for t in complete], dtype=float),
+                             np.array([math.log(t.params[name]) for t in pruned]),
+                             np.array([math.log(t.params[name]) for t in diverged]))
+        if len(complete) < MIN_COMPLETE:
+            return None
+        fit = estimate_optimum(trials, direction == StudyDirection.MAXIMIZE, (math.exp(low), math.exp(high)),
+                               self._rng)
+        return fit if fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
+
+    def _replicate(self, fit: BatchOptimum | None, center: float) -> float | None:
+        """Now and then, the learning rate tried nearest the estimated optimum again (another seed),
+        when it lies within ×1.15 of it and has run fewer than MAX_RUNS times: where the noise is
+        large against the valley's depth, the optimum and its cost must not rest on one seed's luck."""
+        if fit is None or fit.valley is None or fit.noise is None:
+            return None
+        share = self._replicates if self._replicates != "auto" else _auto_share(fit)
+        if share <= 0 or self._rng.uniform() >= share:
+            return None
+        groups = fit.valley.groups
+        nearest = int(np.argmin(np.abs(groups.x - center)))
+        if abs(groups.x[nearest] - center) > _REPLICATE_REACH or groups.count[nearest] >= MAX_RUNS:
+            return None  # no run close to the optimum yet: a new learning rate says more
+        return float(groups.x[nearest])
+
+
+def _auto_share(fit: BatchOptimum) -> float:
+    """A quarter of the refining trials, where one run's noise is more than a quarter of how much
+    worse the trials near the optimum (within ×4) did than the best; none otherwise."""
+    groups = fit.valley.groups
+    near = np.abs(groups.x - math.log(fit.lr)) <= math.log(4.0)
+    depth = float(np.median(groups.mean[near] - groups.mean.min())) if near.sum() > 1 else 0.0
+    return 0.25 if fit.noise > 0.25 * depth else 0.0
 
 
 def _bracket(x_best: float, end: float, hint: float | None) -> float:
