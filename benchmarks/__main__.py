@@ -12,10 +12,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import accuracy, overhead, scaling
+from benchmarks import accuracy, overhead, panel, scaling
 from benchmarks.report import REPO, Section, header, log, machine, markdown_table
 
-BENCHMARKS = ["accuracy", "overhead", "scaling"]
+BENCHMARKS = ["accuracy", "overhead", "scaling", "panel"]
 
 
 def full(name: str, seeds: int, postgres: bool) -> Section:
@@ -23,6 +23,8 @@ def full(name: str, seeds: int, postgres: bool) -> Section:
         return accuracy.run(seeds=seeds)
     if name == "overhead":
         return overhead.run()
+    if name == "panel":
+        return panel.run(command="python -m benchmarks (panel)")
     return scaling.run(postgres=postgres)
 
 
@@ -33,6 +35,9 @@ def quick(name: str, seeds: int, postgres: bool) -> Section:
     if name == "overhead":
         return overhead.run(n_trials=8, seconds=0.01, repeats=1, trainer_repeats=1, trainer_steps=20,
                             trainer_sizes=[8, 64])
+    if name == "panel":  # no baseline: a shallow clone may not hold its commit
+        return panel.run(only=["quadratic", "valley-sqrt-5%", "cnn-adam-accuracy"], seeds=1,
+                         methods=("tuner", "optuna"), n_trials=18, command="python -m benchmarks --quick (panel)")
     return scaling.run(n_trials=8, sleep=0.0, workers=(1, 2), storages=["journal file"], fit_sizes=(100,),
                        fit_repeats=1, postgres=postgres)
 

@@ -24,6 +24,7 @@ from tuner.fit import (
     save_fit,
     to_markdown,
 )
+from tuner.fit._optimum import NO_SIGNAL
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_accuracy.py"
 _spec = importlib.util.spec_from_file_location("fit_accuracy", BENCHMARK)
@@ -64,9 +65,10 @@ def grid_study(alpha: float, sizes=SIZES, zs=ZS, cliff: float = 0.7, direction: 
 
 
 def trial(params: dict, value: float | None = None, state: TrialState = TrialState.COMPLETE,
-          outcome: str | None = None):
+          outcome: str | None = None, intermediate_values: dict | None = None):
     return create_trial(state=state, value=value, params=params, distributions=DISTRIBUTIONS,
-                        user_attrs={"outcome": outcome} if outcome else {})
+                        user_attrs={"outcome": outcome} if outcome else {},
+                        intermediate_values=intermediate_values)
 
 
 def plain(value) -> bool:
@@ -184,6 +186,89 @@ def test_quadratic_verdict_says_where_linear_scaling_stops():
     assert "not evidence for the square-root rule" in result.verdict
     linear_to, flat_from = result.to_dict()["linear_up_to"], result.to_dict()["flat_from"]
     assert linear_to < result.critical_batch_size < flat_from
+
+
+# --- trials a model could misread: outliers, plateaus, noise --------------------------------------------
+
+def valley_trials(study, batch_size, points):
+    for lr, value in points:
+        study.add_trial(trial({"batch_size": batch_size, "lr": lr}, value=value))
+
+
+def background(study, sizes=(16, 64, 256), maximize=False, seed=0):
+    """Well-measured batch sizes (lr* = 1e-3 B, 2% noise) so that the study can be fitted around the one under test."""
+    rng = np.random.default_rng(seed)
+    for b in sizes:
+        for z in np.linspace(-1.5, 1.0, 11):
+            loss = synthetic_loss(z) * (1 + 0.02 * rng.standard_normal())
+            study.add_trial(trial({"batch_size": b, "lr": float(1e-3 * b * math.exp(z))},
+                                  value=1.0 - loss if maximize else loss))
+
+
+def test_a_one_sided_valley_with_far_outliers_stays_where_the_trials_put_it():
+    # the CNN-with-Adam case: the best trial at 0.031, a trial at 0.0035 already far worse, and trials
+    # at 1e-4 and 0.12 far out on the walls; a quadratic through all of them put the optimum at 0.0019
+    study = optuna.create_study()
+    background(study)
+    valley_trials(study, 32, [(1e-4, 2.30), (0.0035, 1.25), (0.009, 0.71), (0.016, 0.46), (0.031, 0.315),
+                              (0.048, 0.52), (0.12, 2.21)])
+    optimum = next(o for o in fit_study(study).optima if o.batch_size == 32)
+    assert optimum.best_lr == pytest.approx(0.031)
+    assert 0.031 / 2 <= optimum.lr <= 0.031 * 2
+    assert 0.016 <= optimum.lr <= 0.048 and 0.009 < optimum.ci[0] and optimum.ci[1] < 0.12  # inside the walls
+
+
+def test_an_accuracy_with_a_chance_plateau_is_never_fitted_beyond_a_worse_trial():
+    # the CNN maximizing accuracy: the best trial at 0.0186 (0.838), a trial at 0.451 at chance; the
+    # vertex of a parabola through the plateau escaped to 3.5e34
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize")
+    background(study, maximize=True)
+    chance = [(lr, 0.098 + 0.004 * rng.standard_normal()) for lr in (1e-4, 2e-4, 0.2, 0.451)]
+    valley_trials(study, 512, [*chance, (0.002, 0.41), (0.006, 0.74), (0.0186, 0.838), (0.03, 0.80), (0.07, 0.52)])
+    optimum = next(o for o in fit_study(study).optima if o.batch_size == 512)
+    assert 0.0186 / 2 <= optimum.lr <= 0.0186 * 2 and optimum.ci[1] < 0.2 and NO_SIGNAL not in optimum.flags
+
+
+def test_a_batch_size_at_chance_everywhere_has_no_signal_and_is_left_out_of_the_rules():
+    rng = np.random.default_rng(1)
+    study = optuna.create_study(direction="maximize")
+    background(study, sizes=(16, 32, 64, 128), maximize=True)
+    for lr in np.geomspace(1e-4, 1.0, 12):  # B=512: chance at every learning rate
+        study.add_trial(trial({"batch_size": 512, "lr": float(lr)}, value=0.1 + 0.005 * rng.standard_normal()))
+    result = fit_study(study)
+    flat = result.optima[-1]
+    assert flat.batch_size == 512 and NO_SIGNAL in flat.flags and not flat.usable
+    assert any("B=512" in w and "no learning rate did better" in w for w in result.warnings)
+    assert all(NO_SIGNAL not in o.flags for o in result.optima[:-1])
+
+
+def test_a_best_run_no_better_than_the_untrained_model_has_no_signal():
+    study = optuna.create_study()
+    background(study)
+    for lr in np.geomspace(1e-3, 1.0, 8):  # the metric moved, but never below the untrained model's 2.30
+        study.add_trial(trial({"batch_size": 1024, "lr": float(lr)}, value=2.30 + 0.5 * abs(math.log(lr / 0.03)),
+                              intermediate_values={0: 2.30, 100: 2.5}))
+    flat = next(o for o in fit_study(study).optima if o.batch_size == 1024)
+    assert NO_SIGNAL in flat.flags
+
+
+def test_the_noise_is_estimated_from_replicates_and_priced_in_the_costs():
+    rng = np.random.default_rng(2)
+    study = optuna.create_study()
+    for b in (16, 64, 256):
+        for z in np.linspace(-1.0, 0.6, 9):
+            for _ in range(4):  # four seeds at every learning rate, 0.02 noise on each run
+                value = synthetic_loss(z) + 0.02 * rng.standard_normal()
+                study.add_trial(trial({"batch_size": b, "lr": float(1e-3 * b * math.exp(z))}, value=value))
+    result = fit_study(study)
+    for optimum in result.optima:
+        assert 0.015 < optimum.noise < 0.027
+        assert factor(optimum.lr, 1e-3 * optimum.batch_size) < 1.15
+    sqrt = result.rules["sqrt"].stats  # the wrong rule: where measured, its costs come with standard errors
+    measured = [(c, se) for c, se in zip(sqrt["metric_cost"], sqrt["metric_cost_se"]) if c is not None]
+    assert len(measured) >= 2 and all(0 < se < 0.05 for _, se in measured)
+    assert max(c for c, _ in measured) > 3 * max(se for _, se in measured)  # it costs, beyond noise
 
 
 # --- flags and bad input ----------------------------------------------------------------------------

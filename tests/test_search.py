@@ -2,6 +2,7 @@
 import math
 from collections import Counter
 
+import numpy as np
 import optuna
 import pytest
 from conftest import spec_dict
@@ -15,7 +16,7 @@ from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView, Valle
 from tuner.search._hint import lr_hint
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
-from tuner.workload import Workload
+from tuner.workload import Workload, load_workload
 
 SIZES = [8, 32, 128, 512]
 LR_DIST = FloatDistribution(1e-4, 1.0, log=True)
@@ -284,3 +285,104 @@ def test_the_plain_python_median_pruner_decides_as_optunas_median_pruner(directi
             decisions.append(ours)
         study.tell(trial, state=TrialState.FAIL)
     assert 0.05 < sum(decisions) / len(decisions) < 0.95  # both outcomes exercised
+
+
+# --- the valley pruner: short horizons, chance levels, the optimum's interval ------------------------------
+
+def curve(z: float, step: int, noise: float = 0.0) -> float:
+    """A run at log(lr / lr*) = z: it ends at 0.3 + 0.5 z^2 (twice as steep above), and a lower
+    learning rate is slower early on (the short-horizon bias)."""
+    final = 0.3 + 0.5 * z * z * (2.0 if z > 0 else 1.0)
+    return final + (1 - step / 4) * 1.5 * math.exp(-z) + noise
+
+
+def valley_study(zs, noise_seed=0, direction="minimize"):
+    rng = np.random.default_rng(noise_seed)
+    study = optuna.create_study(direction=direction)
+    sign = -1.0 if direction == "maximize" else 1.0
+    for z in zs:
+        values = {step * 100: sign * curve(z, step, 0.01 * rng.standard_normal()) for step in range(1, 5)}
+        study.add_trial(create_trial(value=values[400], params={"batch_size": 64, "lr": 0.1 * math.exp(z)},
+                                     distributions={"batch_size": IntDistribution(8, 512, log=True), "lr": LR_DIST},
+                                     intermediate_values=values))
+    return study
+
+
+def reporting(study, z, values):
+    trial = study.ask({"batch_size": IntDistribution(8, 512, log=True), "lr": LR_DIST})
+    study._storage.set_trial_param(trial._trial_id, "batch_size", 64, IntDistribution(8, 512, log=True))
+    study._storage.set_trial_param(trial._trial_id, "lr", 0.1 * math.exp(z), LR_DIST)
+    for step, value in values.items():
+        trial.report(value, step)
+    return study._storage.get_trial(trial._trial_id)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_slow_start_just_below_the_optimum_is_not_pruned(direction):
+    from tuner.search import ValleyPruner
+
+    sign = -1.0 if direction == "maximize" else 1.0
+    study = valley_study([-2.0, -1.0, -0.1, 0.2, 0.4, 0.6, 1.0], direction=direction)
+    slow = reporting(study, -0.4, {100: sign * curve(-0.4, 1)})  # behind the faster, higher learning rates
+    assert BatchSizePruner(MedianPruner(n_startup_trials=3)).prune(study, slow)
+    assert not BatchSizePruner(ValleyPruner()).prune(study, slow)
+    hopeless = reporting(study, 2.5, {100: sign * (curve(2.5, 1) + 2.0)})  # far above, and far behind
+    assert BatchSizePruner(ValleyPruner()).prune(study, hopeless)
+
+
+def test_nothing_is_pruned_while_every_run_is_still_at_chance_level():
+    from tuner.search import ValleyPruner
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study()
+    for z in (-1.5, -0.7, -0.2, 0.3, 0.8):  # at chance (2.302) at the first report; apart by the end
+        values = {100: 2.302 + 0.001 * rng.standard_normal(), 200: curve(z, 2), 400: curve(z, 4)}
+        study.add_trial(create_trial(value=values[400], params={"batch_size": 64, "lr": 0.1 * math.exp(z)},
+                                     distributions={"batch_size": IntDistribution(8, 512, log=True), "lr": LR_DIST},
+                                     intermediate_values=values))
+    laggard = reporting(study, 0.0, {100: 2.3045})  # a whisker behind them all: noise, not a course
+    assert BatchSizePruner(MedianPruner(n_startup_trials=3)).prune(study, laggard)
+    assert not BatchSizePruner(ValleyPruner()).prune(study, laggard)
+
+
+def test_a_trial_that_has_not_trained_is_never_pruned():
+    study = valley_study([-1.0, -0.1, 0.2, 0.6])
+    untrained = reporting(study, 3.0, {0: 50.0})
+    assert not BatchSizePruner(MedianPruner(n_startup_trials=1)).prune(study, untrained)
+
+
+def test_the_default_search_leaves_no_batch_size_with_a_one_sided_valley(storage):
+    from tuner.workloads import quadratic
+
+    spec = parse_spec(spec_dict(study={"n_trials": 64}, search={"batch_sizes": SIZES}))
+    study = open_study(spec, storage)
+    run_study(study, spec, load_workload(spec))
+    options = spec.workload.options
+    for b in SIZES:
+        truth = quadratic.optimal_lr(b, **options)
+        near = [t.params["lr"] / truth for t in study.trials if t.params["batch_size"] == b
+                and t.state == TrialState.COMPLETE and 0.5 <= t.params["lr"] / truth <= 2.0]
+        assert min(near) < 1.0 < max(near), (b, sorted(near))  # complete trials either side of the optimum
+
+
+def test_replicates_repeat_a_learning_rate_near_the_optimum_with_another_seed(storage, tmp_path):
+    def noisy(run):  # 20% noise on a valley around 1e-3 B: a seed's luck is as deep as the valley near its bottom
+        z = math.log(run.lr / (1e-3 * run.batch_size))
+        rng = np.random.default_rng(run.seed)
+        value = (0.3 + 0.5 * z * z) * (1 + 0.2 * rng.standard_normal())
+        run.report(1000, value)
+        return value
+
+    def repeated(study):
+        seen = Counter((t.params["batch_size"], t.params["lr"]) for t in study.trials)
+        return [key for key, n in seen.items() if n > 1]
+
+    study = run(storage, noisy, study={"n_trials": 64}, search={"batch_sizes": [8, 512]})
+    again = repeated(study)
+    assert again
+    for b, lr in again:
+        seeds = [t.user_attrs["seed"] for t in study.trials if (t.params["batch_size"], t.params["lr"]) == (b, lr)]
+        assert len(set(seeds)) == len(seeds)
+    none = run(open_storage(str(tmp_path / "other.journal"), create=True), noisy, study={"n_trials": 64},
+               search={"batch_sizes": [8, 512], "replicates": 0})
+    assert not repeated(none)

@@ -1,4 +1,5 @@
 """The PyTorch trainer and the digits-mlp workload: real training on real data, a few epochs each."""
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,11 @@ def regression_data(n=512, seed=0):
 
 def test_digits_loss_goes_down_at_a_sensible_lr():
     run, loss = digits_run(lr=0.1, epochs=4)
-    values = [value for _, value in run.reports]
+    (step, untrained), *reports = run.reports
+    assert step == 0 and untrained == pytest.approx(math.log(10), rel=0.1)  # the untrained model: chance
+    values = [value for _, value in reports]
     assert loss == values[-1] < 0.3 < values[0] < CHANCE
-    assert values[-1] < values[len(values) // 2] < values[0]
+    assert values[-1] < values[len(values) // 2] < values[0] < untrained
 
 
 def test_same_seed_same_metric_other_seed_other_metric():
@@ -60,7 +63,8 @@ def test_a_finite_blow_up_is_divergence_too():
 @pytest.mark.parametrize("evals", [1, 5, 6])
 def test_reports_are_samples_seen_evenly_spread(evals):
     run, _ = digits_run(batch_size=64, evals=evals)  # 1536 // 64 = 24 steps an epoch, 48 in all
-    steps = [samples // 64 for samples, _ in run.reports]
+    assert run.reports[0][0] == 0  # the untrained model, then the evaluations
+    steps = [samples // 64 for samples, _ in run.reports[1:]]
     assert all(samples % 64 == 0 for samples, _ in run.reports)
     assert len(steps) == evals and steps[-1] == 48 and run.samples_seen == 48 * 64
     gaps = {b - a for a, b in zip([0, *steps], steps)}
@@ -190,9 +194,48 @@ def test_digits_in_an_optuna_study():
     trials = study.get_trials()
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.params["batch_size"] for t in trials} == {32, 128}
-    assert all(t.user_attrs[SAMPLES] == 1536 and len(t.intermediate_values) == 3 for t in trials)
+    assert all(t.user_attrs[SAMPLES] == 1536 and len(t.intermediate_values) == 4 for t in trials)  # 0 + 3
 
 
 def test_the_shipped_study_loads():
     spec = load_spec(Path(__file__).parent.parent / "studies" / "digits-mlp-sgd.toml")
     assert load_workload(spec).options["epochs"] > 0
+
+
+# --- the metric ------------------------------------------------------------------------------------------
+
+def test_accuracy_is_reported_and_returned_for_a_maximizing_study():
+    run = Run(lr=0.1, batch_size=32, options={"epochs": 4, "metric": "accuracy"}, direction="maximize")
+    accuracy = digits.train(run)
+    (step, untrained), *reports = run.reports
+    assert step == 0 and untrained < 0.3  # ten classes: an untrained model is near chance (0.1)
+    assert accuracy == reports[-1][1] > 0.85 and all(0.0 <= value <= 1.0 for _, value in run.reports)
+
+
+def test_a_metric_against_the_studys_direction_is_refused():
+    with pytest.raises(ValueError, match="metric 'accuracy' is to maximize, but the study's direction is 'minimize'"):
+        digits.train(Run(lr=0.1, batch_size=32, options={"epochs": 1, "metric": "accuracy"}))
+    with pytest.raises(ValueError, match="metric 'loss' is to minimize, but the study's direction is 'maximize'"):
+        digits.train(Run(lr=0.1, batch_size=32, options={"epochs": 1}, direction="maximize"))
+
+
+def test_a_metric_of_ones_own_says_which_way_is_better():
+    (x, y), (xv, yv) = digits.load_data()
+    mlp = lambda: digits.mlp([16])  # noqa: E731
+
+    def top2(outputs, targets):
+        return (outputs.topk(2, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+
+    run = Run(lr=0.1, batch_size=32, options={"epochs": 2}, direction="maximize")
+    with pytest.raises(ValueError, match="maximize=True or False"):
+        train_torch(run, mlp, (x, y), (xv, yv), metric=top2)
+    assert 0.9 < train_torch(run, mlp, (x, y), (xv, yv), metric=top2, maximize=True) <= 1.0
+
+
+def test_a_study_file_whose_metric_disagrees_with_its_direction_is_bad_input(write_spec, tmp_path):
+    from conftest import spec_dict, tuner
+
+    path = write_spec(spec_dict(workload={"target": "digits-mlp", "metric": "accuracy"}))
+    done = tuner("run", str(path), "--storage", str(tmp_path / "s.journal"), cwd=tmp_path)
+    assert done.returncode == 2 and "set direction = 'maximize'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.journal").exists()

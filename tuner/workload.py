@@ -44,10 +44,12 @@ class Run:
     """One training run: what the workload reads, and where it reports progress."""
 
     def __init__(self, lr: float, batch_size: int, seed: int = 0,
-                 options: Mapping[str, Any] | None = None, trial: optuna.Trial | None = None):
+                 options: Mapping[str, Any] | None = None, trial: optuna.Trial | None = None,
+                 direction: str = "minimize"):
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+        self.direction = direction  # the study's: whether the metric reported is minimized or maximized
         self.options = MappingProxyType(dict(options or {}))
         self.samples_seen = 0
         self.reports: list[tuple[int, float]] = []
@@ -95,6 +97,7 @@ def load_workload(spec: StudySpec, spec_dir: str | Path | None = None) -> Worklo
     module, train = _import_target(target, BUILTIN.get(target, target))
     if target in BUILTIN:  # built-ins declare their options, so a misspelt option is caught here
         options = _validate_options(target, module.Options, options)
+        _check_direction(options, spec.study.direction)
     return Workload(target=target, train=train, options=MappingProxyType(options))
 
 
@@ -123,6 +126,16 @@ def _import_target(target: str, reference: str) -> tuple[ModuleType, TrainFn]:
     return module, train
 
 
+def _check_direction(options: dict[str, Any], direction: str) -> None:
+    """A built-in trainer's metric is minimized (a loss) or maximized (accuracy): the study must agree."""
+    from tuner.workloads.trainer import metric_direction
+
+    metric = options.get("metric")
+    if metric is not None and metric_direction(metric) != direction:
+        raise InputError(f"[workload] metric = {metric!r} is to {metric_direction(metric)}, but [study] direction "
+                         f"is {direction!r}; set direction = {metric_direction(metric)!r}")
+
+
 def _validate_options(target: str, model: type[BaseModel], options: dict[str, Any]) -> dict[str, Any]:
     try:
         return model.model_validate(options).model_dump()
@@ -141,7 +154,8 @@ def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: floa
     Diverged runs end as PRUNED with outcome ``diverged``; other exceptions propagate after the
     error is stored, so Optuna fails the trial and the study goes on.
     """
-    run = Run(lr=lr, batch_size=batch_size, seed=seed, options=workload.options, trial=trial)
+    direction = "maximize" if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+    run = Run(lr=lr, batch_size=batch_size, seed=seed, options=workload.options, trial=trial, direction=direction)
     try:
         value = workload.train(run)
         value = _as_metric(value)

@@ -32,14 +32,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import fdtri
+from scipy.special import chdtri, fdtri
 
 from tuner.fit._data import BatchTrials
 
 MIN_COMPLETE = 3        # a quadratic needs three learning rates
 FEW_COMPLETE = 5        # below this the interval is rough: flagged
 WORSE_Z = 2.5           # "clearly worse": the difference exceeds this many standard errors (one-sided ~99%)
-NO_SIGNAL_Z = 3.0       # a batch size with signal has a trial this many standard errors worse than its best
+NO_SIGNAL_Z = 3.0       # a best run within this many noise deviations of the untrained model has no signal
 MIN_SIGNAL_SPAN = math.log(4.0)  # flatness only means no signal when the trials span at least ×4
 NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about the valley than the noise
 REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
@@ -220,8 +220,9 @@ class NoiseEvidence:
 
 @dataclass(frozen=True)
 class NoisePrior:
-    """The noise pooled over batch sizes, relative to the metric's level where every level has the same
-    sign (a loss: a run's scatter grows with the loss), absolute otherwise. A batch size's own
+    """The noise pooled over batch sizes: relative to the metric's level for a positive metric that is
+    minimized (a loss: a run's scatter grows with the loss), absolute otherwise (an accuracy scatters
+    about as much at chance as near its best). A batch size's own
     evidence is weighed against it as PRIOR_DF degrees of freedom: a handful of residuals alone can
     put the noise at a fifth of its size, and noise taken too low turns a lucky run into bounds."""
 
@@ -237,7 +238,7 @@ class NoisePrior:
         if sum(e.df for e in found) < PRIOR_DF:
             return None
         levels = np.array([e.level for e in found])
-        relative = bool(np.all(levels > 0) or np.all(levels < 0))
+        relative = bool(np.all(levels > 0))
         scale = np.abs(levels) if relative else np.ones_like(levels)
         ss = sum(e.ss / s**2 for e, s in zip(found, scale))
         return cls(math.sqrt(ss / sum(e.df for e in found)), relative)
@@ -703,15 +704,17 @@ def _interpolated(groups: Groups, noise: float | None, estimate: float, cliff: f
 # --- 6. no signal --------------------------------------------------------------------------------------------
 
 def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None) -> bool:
-    """No learning rate did better than the others beyond noise, or the best run is no better than
-    the untrained model."""
+    """The best run is no better than the untrained model, or the learning rates tried (over at
+    least ×4) did no better than one another beyond noise: their means are as consistent with one
+    flat level as noise makes them (a chi-square test at 99%)."""
     best_mean = groups.mean[best]
     if baseline is not None and best_mean > baseline - NO_SIGNAL_Z * (noise or 0.0):
         return True
-    if noise is None or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
+    if not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
         return False
-    se = noise * np.sqrt(1 / groups.count + 1 / groups.count[best])
-    return not np.any(groups.mean - best_mean > NO_SIGNAL_Z * se)
+    level = np.average(groups.mean, weights=groups.count)
+    chi2 = float(np.sum(groups.count * (groups.mean - level) ** 2)) / noise**2
+    return chi2 <= chdtri(len(groups.x) - 1, 0.01)
 
 
 def _cliff(diverged_x: np.ndarray, floor: float) -> float:

@@ -15,6 +15,7 @@ from tuner.fit._optimum import (
     EDGE_LOW,
     FEW_TRIALS,
     NO_COMPLETE,
+    NO_SIGNAL,
     OUT_OF_MEMORY,
     BatchOptimum,
 )
@@ -73,6 +74,10 @@ def write_verdict(rules: dict[str, Rule], recommended: str, optima: list[BatchOp
     parts += [_rival(rules[name], rule) for name in rivals]
     parts.append(_cost(rule, batch_sizes))
     parts.append(_anchored_misses(rule, reference, optima, recommended))
+    silent = [str(o.batch_size) for o in optima if NO_SIGNAL in o.flags]
+    if silent:
+        parts.append(f"No signal at B={', '.join(silent)}: no learning rate there did better than the others "
+                     "beyond noise; train longer there or widen the LR range (left out of the rules).")
     return " ".join(p for p in parts if p)
 
 
@@ -163,6 +168,11 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
         if EDGE_HIGH in o.flags:
             notes.append(f"B={o.batch_size}: the best trial (lr={o.best_lr:.3g}) is the highest LR tried, so the "
                          f"optimum may lie higher: widen the LR range above {lr_range[1]:.3g} (left out of the rules).")
+        if NO_SIGNAL in o.flags:
+            notes.append(f"B={o.batch_size}: no signal: no learning rate did better than the others beyond noise, "
+                         "or the best run was no better than the untrained model, so its optimum cannot be read "
+                         "off (left out of the rules). Train longer at this batch size (a larger budget), or widen "
+                         "the LR range.")
         if FEW_TRIALS in o.flags:
             notes.append(f"B={o.batch_size}: only {o.n_complete} complete trial{'s' * (o.n_complete != 1)}, "
                          "so its interval is rough: run more trials.")

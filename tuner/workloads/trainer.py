@@ -82,6 +82,9 @@ class TrainerOptions(BaseModel):
     eval_batch_size: PositiveInt = Field(1024, description="validation samples per forward pass")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's own)")
+    metric: Literal["loss", "accuracy"] = Field(
+        "loss", description="what is reported and returned: the validation loss (minimize) or the "
+                            "classification accuracy (maximize); the study's direction must agree")
 
     # Field validators run only on values given, not on defaults: these catch contradictions.
     @field_validator("momentum")
@@ -108,28 +111,36 @@ class TrainerOptions(BaseModel):
 
 def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, valid_data: Data,
                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                **options: Any) -> float:
-    """Train ``model()`` at ``run.lr`` and ``run.batch_size``; return the final mean validation loss.
+                metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                maximize: bool | None = None, **options: Any) -> float:
+    """Train ``model()`` at ``run.lr`` and ``run.batch_size``; return the final validation metric.
 
     model: a function returning a new module, called after seeding so that run.seed fixes the init.
     train_data, valid_data: ``(inputs, targets)`` tensors (or arrays), or a map-style Dataset of
         (input, target) pairs, read into tensors once.
     loss: ``loss(outputs, targets)``, the batch mean; default cross-entropy (targets: class indices).
+    metric: what is reported and returned, ``metric(outputs, targets)`` as a batch mean, with
+        ``maximize`` saying which way is better; default the ``metric`` option: the validation loss
+        (``"loss"``) or the classification accuracy (``"accuracy"``, maximized). The study's
+        direction must agree (a ValueError otherwise).
     options: override ``run.options``; see ``TrainerOptions``.
 
-    Raises FloatingPointError when the run diverged: a training or validation loss that is not
-    finite, or a validation loss DIVERGENCE_FACTOR times the untrained model's; and raises
-    whatever ``run.report`` raises to stop the run (optuna.TrialPruned).
+    It reports the untrained model's metric at step 0 (the fit flags a batch size whose best run is
+    no better: no signal), then the metric at ``evals`` points. Raises FloatingPointError when the
+    run diverged: a training or validation loss that is not finite, or a validation loss
+    DIVERGENCE_FACTOR times the untrained model's; and raises whatever ``run.report`` raises to stop
+    the run (optuna.TrialPruned).
     """
     import torch
 
     o = _options(run.options, options)
+    loss = loss or torch.nn.functional.cross_entropy
+    measure, maximize = _metric(o.metric, loss, metric, maximize, run.direction)
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # process-wide, as torch has it
     device = _device(o.device)
     inputs, targets = _tensors(train_data, "train_data", device)
     valid_inputs, valid_targets = _tensors(valid_data, "valid_data", device)
-    loss = loss or torch.nn.functional.cross_entropy
     steps = _total_steps(o, len(inputs), run.batch_size)
     eval_steps = {steps * k // o.evals for k in range(1, o.evals + 1)} - {0}
 
@@ -137,18 +148,47 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
     net = _build(model).to(device)
     optimizer = _optimizer(o, net, run.lr)
     shuffle = torch.Generator(device=device).manual_seed(run.seed)
-    initial_loss = _evaluate(net, loss, valid_inputs, valid_targets, o.eval_batch_size)
+    initial_loss, value = _evaluate(net, (loss, measure), valid_inputs, valid_targets, o.eval_batch_size)
     limit = DIVERGENCE_FACTOR * initial_loss if initial_loss > 0 else math.inf
+    run.report(0, value)  # the untrained model
     for step, batch in enumerate(_batches(len(inputs), run.batch_size, steps, shuffle), start=1):
         batch_loss = loss(net(inputs[batch]), targets[batch])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
         if step in eval_steps:  # the only points that wait for the device
-            valid_loss = _evaluate(net, loss, valid_inputs, valid_targets, o.eval_batch_size)
+            valid_loss, value = _evaluate(net, (loss, measure), valid_inputs, valid_targets, o.eval_batch_size)
             _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
-            run.report(step * run.batch_size, valid_loss)
-    return valid_loss
+            run.report(step * run.batch_size, value)
+    return value
+
+
+def metric_direction(name: str) -> str:
+    """Whether a named metric is minimized or maximized."""
+    return "maximize" if name in MAXIMIZED else "minimize"
+
+
+def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.argmax(dim=1) == targets).float().mean()
+
+
+MAXIMIZED = {"accuracy"}
+
+
+def _metric(name: str, loss: Callable, metric: Callable | None, maximize: bool | None,
+            direction: str) -> tuple[Callable, bool]:
+    """The metric to report and whether it is maximized, checked against the study's direction."""
+    if metric is None:
+        metric, maximize, label = (_accuracy if name == "accuracy" else loss), name in MAXIMIZED, repr(name)
+    elif maximize is None:
+        raise ValueError("train_torch: with metric=..., say which way is better: maximize=True or False")
+    else:
+        label = getattr(metric, "__name__", "metric")
+    if maximize != (direction == "maximize"):
+        wanted = "maximize" if maximize else "minimize"
+        raise ValueError(f"train_torch metric {label} is to {wanted}, but the study's direction is "
+                         f"{direction!r}; set [study] direction = {wanted!r}")
+    return metric, maximize
 
 
 def _options(run_options: Mapping[str, Any], overrides: dict[str, Any]) -> TrainerOptions:
@@ -248,19 +288,20 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
         start += batch_size
 
 
-def _evaluate(net: nn.Module, loss: Callable, inputs: torch.Tensor, targets: torch.Tensor,
-              batch_size: int) -> float:
-    """The mean loss over all the inputs, in eval mode (dropout off, batch-norm statistics fixed)."""
+def _evaluate(net: nn.Module, functions: tuple[Callable, ...], inputs: torch.Tensor, targets: torch.Tensor,
+              batch_size: int) -> tuple[float, ...]:
+    """Each function's mean over all the inputs, in eval mode (dropout off, batch-norm statistics fixed)."""
     import torch
 
-    training, total = net.training, 0.0
+    training, totals = net.training, [0.0] * len(functions)
     net.eval()
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
-            total = total + loss(net(x), y) * len(x)  # a tensor: one sync, below
+            out = net(x)
+            totals = [total + f(out, y) * len(x) for total, f in zip(totals, functions)]  # tensors: one sync, below
     net.train(training)
-    return total.item() / len(inputs)
+    return tuple(float(total) / len(inputs) for total in totals)
 
 
 def _check_diverged(train_loss: float, valid_loss: float, limit: float, samples: int) -> None:

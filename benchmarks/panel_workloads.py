@@ -1,0 +1,272 @@
+"""The benchmark panel's workloads: different shapes, each with a truth the tuner never sees while fitting.
+
+Each ``PanelWorkload`` is a study (batch sizes, learning-rate range, direction, trials), a
+``train(run)`` that follows the workload contract, and a ``Truth`` that prices any learning rate at
+any batch size: ``regret(batch_size, lr)``, how much worse the expected final metric is there than
+at the true optimum, as a fraction of the metric at the optimum (0.02 is 2%; inf where the run
+diverges). The truth is a closed form (the noisy quadratics, the synthetic valleys) or a dense grid
+of runs over several seeds stored as data (``benchmarks/data/*.json``, made by ``benchmarks.grids``).
+
+The real workloads are written as a user would write them against the README's contract, without
+the tuner's trainer where the issue that motivated the panel did the same (the CNN has its own loop),
+so that the panel can also run the tuner as it was at an earlier commit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# --- truths ------------------------------------------------------------------------------------------------
+
+class Truth(Protocol):
+    def optimum(self, batch_size: int) -> float:
+        """The true optimal learning rate at this batch size."""
+
+    def regret(self, batch_size: int, lr: float) -> float:
+        """How much worse the expected final metric is at ``lr`` than at the optimum, as a fraction."""
+
+
+@dataclass(frozen=True)
+class QuadraticTruth:
+    """The noisy quadratic's expected final loss, in closed form."""
+
+    options: tuple  # sorted (key, value) pairs of the workload's options
+
+    def _options(self) -> dict:
+        return dict(self.options)
+
+    def optimum(self, batch_size: int) -> float:
+        from tuner.workloads import quadratic
+        return quadratic.optimal_lr(batch_size, **self._options())
+
+    def regret(self, batch_size: int, lr: float) -> float:
+        from tuner.workloads import quadratic
+        best = quadratic.expected_loss(self.optimum(batch_size), batch_size, **self._options())
+        return quadratic.expected_loss(lr, batch_size, **self._options()) / best - 1.0
+
+
+@dataclass(frozen=True)
+class ValleyTruth:
+    """A synthetic valley in z = log(lr / optimum(B)) with optimum lr0 (B / b0)^alpha exactly."""
+
+    alpha: float
+    lr0: float = 0.01
+    b0: int = 16
+    floor: float = 0.3     # the metric at the optimum
+    steep_above: float = 2.0  # the valley is this many times steeper above the optimum than below
+    cliff: float = 0.7     # runs diverge above z = cliff
+
+    def optimum(self, batch_size: int) -> float:
+        return self.lr0 * (batch_size / self.b0) ** self.alpha
+
+    def loss(self, z: float) -> float:
+        return self.floor + 0.5 * z * z * (self.steep_above if z > 0 else 1.0)
+
+    def regret(self, batch_size: int, lr: float) -> float:
+        z = math.log(lr / self.optimum(batch_size))
+        return math.inf if z > self.cliff else self.loss(z) / self.floor - 1.0
+
+
+@dataclass(frozen=True)
+class GridTruth:
+    """A dense grid of runs (``benchmarks/data/<name>.json``): the metric's mean over seeds at each
+    learning rate, linearly interpolated in log-lr. A run that diverged counts as the untrained
+    model's metric (what the user is left with)."""
+
+    name: str
+    metric: str      # a key of each run's record: "loss" or "accuracy"
+    maximize: bool = False
+
+    def _curve(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        return _grid_curves(self.name, self.metric)[batch_size]
+
+    def optimum(self, batch_size: int) -> float:
+        x, mean = self._curve(batch_size)
+        return float(math.exp(x[np.argmax(mean) if self.maximize else np.argmin(mean)]))
+
+    def mean_at(self, batch_size: int, lr: float) -> float:
+        x, mean = self._curve(batch_size)
+        return float(np.interp(math.log(lr), x, mean))
+
+    def regret(self, batch_size: int, lr: float) -> float:
+        best = self.mean_at(batch_size, self.optimum(batch_size))
+        here = self.mean_at(batch_size, lr)
+        return (best - here) / best if self.maximize else here / best - 1.0
+
+
+@lru_cache(maxsize=16)
+def _grid_curves(name: str, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    grid = load_grid(name)
+    curves = {}
+    for b, runs in grid["runs"].items():
+        means = []
+        for per_seed in runs:  # one list of seeds per learning rate
+            values = [r[metric] if r["diverged"] is False else grid["untrained"][metric] for r in per_seed]
+            means.append(float(np.mean(values)))
+        curves[int(b)] = (np.log(np.asarray(grid["lrs"], dtype=float)), np.asarray(means))
+    return curves
+
+
+def load_grid(name: str) -> dict:
+    path = DATA / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: make it with `python -m benchmarks.grids {name}`")
+    return json.loads(path.read_text())
+
+
+# --- workloads ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PanelWorkload:
+    name: str
+    kind: str                       # "synthetic" (closed-form truth) or "real" (a dense grid)
+    description: str
+    train: Callable                 # train(run) -> float, the README's contract
+    truth: Truth
+    batch_sizes: list[int]
+    lr_range: tuple[float, float]
+    n_trials: int
+    maximize: bool = False
+    options: dict = field(default_factory=dict)  # the [workload] options a study file would hold
+
+
+def _quadratic(name: str, description: str, batch_sizes: list[int], lr_range, n_trials: int,
+               **options) -> PanelWorkload:
+    from tuner.workloads import quadratic
+
+    def train(run):
+        return quadratic.train(_WithOptions(run, options))
+
+    return PanelWorkload(name, "synthetic", description, train, QuadraticTruth(tuple(sorted(options.items()))),
+                         batch_sizes, lr_range, n_trials, options=options)
+
+
+class _WithOptions:
+    """A run that carries fixed workload options (the panel's workloads are not built-in targets)."""
+
+    def __init__(self, run, options: dict) -> None:
+        self._run = run
+        self.lr, self.batch_size, self.seed, self.options = run.lr, run.batch_size, run.seed, options
+
+    def report(self, step: int, value: float) -> None:
+        self._run.report(step, value)
+
+
+def _valley(name: str, truth: ValleyTruth, noise: float, n_trials: int, maximize: bool = False,
+            batch_sizes=(16, 32, 64, 128, 256, 512)) -> PanelWorkload:
+    """Reports four times; small learning rates converge slowly (the pruner has work); every report
+    carries ``noise`` relative Gaussian noise; with ``maximize`` the metric is 1 - loss."""
+
+    def train(run) -> float:
+        z = math.log(run.lr / truth.optimum(run.batch_size))
+        if z > truth.cliff:
+            raise FloatingPointError(f"diverged at z={z:.2f}")
+        rng = np.random.default_rng(run.seed)
+        for k in range(1, 5):
+            value = (truth.loss(z) + (1 - k / 4) * (0.5 + max(0.0, -z))) * (1.0 + noise * rng.standard_normal())
+            run.report(k * 4096, 1.0 - value if maximize else value)
+        return 1.0 - value if maximize else value
+
+    description = (f"lr* = {truth.lr0:g}·(B/{truth.b0})^{truth.alpha:g} exactly; valley {truth.steep_above:g}× "
+                   f"steeper above, cliff at ×{math.exp(truth.cliff):.2f}, {noise:.0%} noise per report")
+    return PanelWorkload(name, "synthetic", description, train, truth, list(batch_sizes), (1e-4, 10.0), n_trials,
+                         maximize=maximize)
+
+
+# --- the CNN: digits 1x8x8, two convolutions, global pooling, a linear layer, Adam -------------------------
+
+CNN_EPOCHS = 6
+
+
+def cnn_run(lr: float, batch_size: int, seed: int, report: Callable[[int, float, float], None] | None = None,
+            epochs: int = CNN_EPOCHS) -> tuple[float, float]:
+    """Train the CNN with Adam; after every epoch call ``report(samples, loss, accuracy)`` on the
+    held-out images. Returns the last (validation loss, validation accuracy); raises
+    FloatingPointError when the loss is not finite."""
+    import torch
+    from torch import nn
+
+    from tuner.workloads.digits import load_data
+
+    torch.set_num_threads(1)
+    (x, y), (x_valid, y_valid) = load_data()
+    x, x_valid = (torch.as_tensor(a).view(-1, 1, 8, 8) for a in (x, x_valid))
+    y, y_valid = torch.as_tensor(y), torch.as_tensor(y_valid)
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    n, order, start = len(x), torch.empty(0, dtype=torch.long), 0
+    steps, per_epoch = epochs * n // batch_size, n // batch_size
+    for step in range(1, steps + 1):
+        if start + batch_size > len(order):
+            order, start = torch.cat([order[start:], torch.randperm(n, generator=shuffle)]), 0
+        batch = order[start:start + batch_size]
+        start += batch_size
+        loss = nn.functional.cross_entropy(net(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % per_epoch == 0 or step == steps:
+            with torch.no_grad():
+                out = net(x_valid)
+                valid_loss = nn.functional.cross_entropy(out, y_valid).item()
+                accuracy = (out.argmax(1) == y_valid).float().mean().item()
+            if not math.isfinite(valid_loss):
+                raise FloatingPointError(f"validation loss {valid_loss} after {step} steps")
+            if report is not None:
+                report(step * batch_size, valid_loss, accuracy)
+    return valid_loss, accuracy
+
+
+def cnn_loss(run) -> float:
+    return cnn_run(run.lr, run.batch_size, run.seed, lambda s, loss, acc: run.report(s, loss))[0]
+
+
+def cnn_accuracy(run) -> float:
+    return cnn_run(run.lr, run.batch_size, run.seed, lambda s, loss, acc: run.report(s, acc))[1]
+
+
+# --- the MLP: the built-in digits workload with SGD and momentum --------------------------------------------
+
+MLP_OPTIONS = {"optimizer": "momentum", "epochs": 20, "evals": 5}
+
+
+def mlp_momentum(run) -> float:
+    from tuner.workloads import digits
+    return digits.train(_WithOptions(run, MLP_OPTIONS))
+
+
+CNN_SIZES = [16, 32, 64, 128, 256, 512]
+MLP_SIZES = [8, 16, 32, 64, 128, 256, 512]
+CNN_LR, MLP_LR = (1e-4, 1.0), (1e-4, 3.0)
+
+
+def panel() -> list[PanelWorkload]:
+    return [
+        _quadratic("quadratic", "the built-in noisy quadratic (curvatures 1e-3…1, noise 1, 16,384 samples)",
+                   [8, 16, 32, 64, 128, 256, 512, 1024], (1e-4, 4.0), 120, samples=16384),
+        _quadratic("quadratic-stiff", "another spectrum: curvatures 1e-3…10, noise 10, 65,536 samples, 512 dims",
+                   [16, 32, 64, 128, 256, 512, 1024, 2048], (1e-5, 1.0), 120,
+                   samples=65536, dims=512, curvatures=(1e-3, 10.0), noise=10.0),
+        _valley("valley-linear-1%", ValleyTruth(alpha=1.0), noise=0.01, n_trials=96),
+        _valley("valley-sqrt-5%", ValleyTruth(alpha=0.5), noise=0.05, n_trials=96),
+        _valley("valley-0.75-15%", ValleyTruth(alpha=0.75), noise=0.15, n_trials=96),
+        PanelWorkload("mlp-momentum", "real", "digits MLP (64 hidden), SGD with momentum 0.9, 20 epochs",
+                      mlp_momentum, GridTruth("mlp-momentum", "loss"), MLP_SIZES, MLP_LR, 120),
+        PanelWorkload("cnn-adam-loss", "real", f"digits CNN (16/32 channels, global pool), Adam, {CNN_EPOCHS} "
+                      "epochs, validation loss", cnn_loss, GridTruth("cnn-adam", "loss"), CNN_SIZES, CNN_LR, 90),
+        PanelWorkload("cnn-adam-accuracy", "real", "the same CNN maximizing validation accuracy", cnn_accuracy,
+                      GridTruth("cnn-adam", "accuracy", maximize=True), CNN_SIZES, CNN_LR, 90, maximize=True),
+    ]
