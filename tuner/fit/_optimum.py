@@ -45,6 +45,7 @@ NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about 
 REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
 DEPTH = 0.5             # ...in the lower part of the valley: at most this share of its height above the best...
 MIN_SIDE = 1            # ...but always this many on each side of it, when there are
+NEIGHBOURHOOD = 0.3     # the kernel width (log-lr) over which the best learning rate is judged
 MIN_FIT = 6             # the local model sees at least this many, the nearest to the best
 MAX_DIP = 0.5           # a vertex between trials may dip below the best by at most this share of the rise
 MODEL_DOF = 2           # the valley's residuals estimate the noise from this many spare degrees of freedom
@@ -267,7 +268,7 @@ class _Batch:
         cliff = _cliff(trials.diverged_x, groups.x[0])
         below = groups.x < cliff  # a luckier run above a divergence completed, but that lr is not safe
         groups = groups.subset(below) if below.any() else groups.subset(np.arange(len(groups.x)) == 0)
-        best = int(np.argmin(groups.mean))
+        best = _robust_best(groups)
         candidates = _candidates(groups, best) if len(groups.x) >= MIN_COMPLETE else None
         return cls(groups, best, tried, np.sort(trials.pruned_x), cliff, candidates)
 
@@ -715,6 +716,15 @@ def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float |
     level = np.average(groups.mean, weights=groups.count)
     chi2 = float(np.sum(groups.count * (groups.mean - level) ** 2)) / noise**2
     return chi2 <= chdtri(len(groups.x) - 1, 0.01)
+
+
+def _robust_best(groups: Groups) -> int:
+    """The learning rate whose neighbourhood did best: each mean averaged with its neighbours' within
+    about ×1.35 (a Gaussian kernel in log-lr, weighted by runs). The single best run is often a
+    lucky seed where the noise is largest, and everything else is built around this one."""
+    d = groups.x[:, None] - groups.x[None, :]
+    weights = groups.count[None, :] * np.exp(-0.5 * (d / NEIGHBOURHOOD) ** 2)
+    return int(np.argmin(weights @ groups.mean / weights.sum(axis=1)))
 
 
 def _cliff(diverged_x: np.ndarray, floor: float) -> float:
