@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,13 +47,26 @@ class QuadraticTruth:
         return dict(self.options)
 
     def optimum(self, batch_size: int) -> float:
-        from tuner.workloads import quadratic
-        return quadratic.optimal_lr(batch_size, **self._options())
+        return _quadratic_module().optimal_lr(batch_size, **self._options())
 
     def regret(self, batch_size: int, lr: float) -> float:
-        from tuner.workloads import quadratic
+        quadratic = _quadratic_module()
         best = quadratic.expected_loss(self.optimum(batch_size), batch_size, **self._options())
         return quadratic.expected_loss(lr, batch_size, **self._options()) / best - 1.0
+
+
+@lru_cache(maxsize=1)
+def _quadratic_module():
+    """This checkout's noisy quadratic, whichever ``tuner`` is imported (the panel also runs the tuner
+    as it was at an earlier commit, whose quadratic had fewer options)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tuner" / "workloads" / "quadratic.py"
+    spec = importlib.util.spec_from_file_location("panel_quadratic", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the Options annotations through it
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)
@@ -142,10 +156,8 @@ class PanelWorkload:
 
 def _quadratic(name: str, description: str, batch_sizes: list[int], lr_range, n_trials: int,
                **options) -> PanelWorkload:
-    from tuner.workloads import quadratic
-
     def train(run):
-        return quadratic.train(_WithOptions(run, options))
+        return _quadratic_module().train(_WithOptions(run, options))
 
     return PanelWorkload(name, "synthetic", description, train, QuadraticTruth(tuple(sorted(options.items()))),
                          batch_sizes, lr_range, n_trials, options=options)

@@ -100,14 +100,15 @@ def test_noise_free_power_law_gives_the_exact_exponent(alpha):
 # (1 seed in 10 in benchmarks/fit_accuracy.py); either way its predictions must hold.
 @pytest.mark.parametrize("alpha, recommended", [(1.0, {"linear"}), (0.5, {"sqrt"}), (0.75, {"power", "saturating"})])
 def test_searched_power_law_interval_holds_the_truth_and_tells_linear_from_sqrt(alpha, recommended):
-    """120 trials over 6 batch sizes through the real sampler, pruner and runner, 5% noise."""
-    row = bench.power_law_row(alpha, seed=0)
-    low, high = row["ci"]
-    assert low <= alpha <= high
-    assert high - low <= 0.25
-    assert row["tells_1_from_half"]
-    assert row["recommended"] in recommended
-    assert math.exp(row["rule_worst"]) < 1.35
+    """120 trials over 6 batch sizes through the real sampler, pruner and runner, 5% noise, 4 seeds.
+    A 95% interval misses now and then (1 in 30 in benchmarks/fit_accuracy.py): 3 of 4 must hold."""
+    rows = [bench.power_law_row(alpha, seed=seed) for seed in range(4)]
+    assert sum(row["ci"][0] <= alpha <= row["ci"][1] for row in rows) >= 3
+    for row in rows:
+        assert row["ci"][1] - row["ci"][0] <= 0.25
+        assert row["tells_1_from_half"]
+        assert row["recommended"] in recommended
+        assert math.exp(row["rule_worst"]) < 1.35
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])

@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_spec": "tuner.spec",
     "BatchSizeSampler": "tuner.search",
     "BatchSizePruner": "tuner.search",
+    "ValleyPruner": "tuner.search",
     "ValleySampler": "tuner.search",
     "fit_study": "tuner.fit",
     "FitResult": "tuner.fit",

@@ -3,7 +3,7 @@
 ``--storage`` takes an SQLAlchemy URL (``sqlite:///studies.db``, ``postgresql+psycopg://user:pw@host/db``)
 or the path of an Optuna journal file. The default, ``tuner.journal`` in the working directory (or
 ``$TUNER_STORAGE``), is a journal file: it needs no server, optuna-dashboard reads it, many local
-processes can share it, and it costs far less per trial than SQLite (DESIGN.md: x1.04-1.07 of the
+processes can share it, and it costs far less per trial than SQLite (measured: x1.04-1.07 of the
 workload's own time against x1.37-1.41 for SQLite with TPE and a median pruner).
 """
 from __future__ import annotations

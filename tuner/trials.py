@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 SPEC_ATTR = "tuner_spec"  # study user attribute: the study file it was run with (tuner.spec)
-FIT_ATTR = "lr_batch_fit"  # study user attribute: the fit result (tuner.fit, DESIGN.md schema)
+FIT_ATTR = "lr_batch_fit"  # study user attribute: the fit result (tuner.fit, docs/design.md schema)
 RULE_ATTR = "lr_batch_rule"  # study user attribute: the recommended rule in one line, which
                              # optuna-dashboard's attribute table shows whole (it cuts values at 1,024 characters)
 INFEASIBLE_ATTR = "infeasible_batch_sizes"  # study user attribute: batch sizes that ran out of memory

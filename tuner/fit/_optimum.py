@@ -54,7 +54,8 @@ TOLERATED = 0.02        # a rule may stray from a batch size's optimum as far as
 MARGIN = math.log(1.1)  # how far beyond the fitted trials the vertex may go
 MAX_GAP = math.log(1.5)  # widest gap between trials the metric is interpolated across
 RESOLUTION = math.log(1.01)  # no optimum is known closer than this: the valley is a model, and a run a run
-N_BOOTSTRAP = 200
+N_BOOTSTRAP = 150
+VERTEX_GRID = 61  # candidate vertices the valley is profiled over (then refined between them)
 Z95 = 1.959964
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
@@ -564,7 +565,7 @@ def _valley_values(coef: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def _vertex_grid(fitted: Groups, limits: tuple[float, float]) -> np.ndarray:
     low, high = max(limits[0], fitted.x[0] - MARGIN), min(limits[1], fitted.x[-1] + MARGIN)
-    return np.linspace(low, high, 161) if high > low else np.zeros(0)
+    return np.linspace(low, high, VERTEX_GRID) if high > low else np.zeros(0)
 
 
 def _shape_fits(fitted: Groups, limits: tuple[float, float]) -> dict[bool, tuple[float, int]]:

@@ -183,7 +183,7 @@ def fit_rules(batch_sizes: list[int], data: Optima, reference: int) -> dict[str,
                  "lobo_error": _leave_one_out(name, data, log_ref)}
         rules[name] = to_rule(name, theta, reference)
         rules[name].stats.update(stats)
-    rules[POWER].stats["alpha_ci"] = _alpha_interval(data.log_b, data.y, data.sigma, rules[POWER].params["alpha"])
+    rules[POWER].stats["alpha_ci"] = _alpha_interval(data.log_b, data.y, data.sigma)
     rules[SATURATING].stats["b_noise_ci"] = _b_noise_interval(data.log_b, data.y, data.sigma)
     return rules
 
@@ -212,10 +212,12 @@ def _variance_scale(chi2: float, dof: int) -> tuple[float, int]:
     return (PRIOR_DOF + chi2) / (PRIOR_DOF + dof), PRIOR_DOF + dof
 
 
-def _alpha_interval(log_b, y, sigma, alpha) -> list[float]:
-    """95% interval of the power law's exponent (weighted least squares, Student's t)."""
+def _alpha_interval(log_b, y, sigma) -> list[float]:
+    """95% interval of the power law's exponent, from the optima alone (weighted least squares,
+    Student's t): what the data say of the exponent, whatever the rule's cost-fitted one is."""
     w = 1.0 / sigma**2
     centred = log_b - np.sum(w * log_b) / np.sum(w)
+    alpha = float(np.sum(w * centred * y) / np.sum(w * centred**2))
     intercept = np.sum(w * (y - alpha * log_b)) / np.sum(w)
     scale, dof = _variance_scale(float(np.sum(w * (y - intercept - alpha * log_b) ** 2)), len(log_b) - 2)
     half = stdtrit(dof, 0.975) * math.sqrt(scale / np.sum(w * centred**2))

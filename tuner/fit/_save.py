@@ -14,7 +14,7 @@ FIGURE_ID = "lr-batch-fit"
 
 
 def save_fit(study: optuna.Study, result: FitResult) -> None:
-    """Write ``result`` to ``study.user_attrs["lr_batch_fit"]`` (plain JSON, DESIGN.md schema), the
+    """Write ``result`` to ``study.user_attrs["lr_batch_fit"]`` (plain JSON, the schema of docs/design.md), the
     study's note (markdown) and its dashboard figure."""
     from optuna_dashboard import save_note, save_plotly_graph_object
 

@@ -132,10 +132,12 @@ class ValleyPruner(BasePruner):
         if not gains:
             return False
         optimistic = sign * now - max(gain for _, gain in gains)
+        best = min(sign * t.value for t in completed)
+        if optimistic <= best:  # the cheap test first: the fit below costs milliseconds
+            return False
         fit = self._fit(study, trial.params.get(BATCH_SIZE), sign < 0)
         if fit is None or fit.ci is None or fit.noise is None or _protected(fit, lr):
             return False
-        best = min(sign * t.value for t in completed)
         return optimistic > best + self.Z * fit.noise
 
     def _fit(self, study: optuna.Study, batch_size: int | None, maximize: bool) -> BatchOptimum | None:
