@@ -169,6 +169,7 @@ class _WithOptions:
     def __init__(self, run, options: dict) -> None:
         self._run = run
         self.lr, self.batch_size, self.seed, self.options = run.lr, run.batch_size, run.seed, options
+        self.direction = getattr(run, "direction", "minimize")
 
     def report(self, step: int, value: float) -> None:
         self._run.report(step, value)

@@ -322,12 +322,14 @@ def test_a_slow_start_just_below_the_optimum_is_not_pruned(direction):
     from tuner.search import ValleyPruner
 
     sign = -1.0 if direction == "maximize" else 1.0
-    study = valley_study([-2.0, -1.0, -0.1, 0.2, 0.4, 0.6, 1.0], direction=direction)
+    study = valley_study([-2.0, -1.0, -0.1, 0.2, 0.4, 0.6, 1.0, 1.6], direction=direction)
     slow = reporting(study, -0.4, {100: sign * curve(-0.4, 1)})  # behind the faster, higher learning rates
     assert BatchSizePruner(MedianPruner(n_startup_trials=3)).prune(study, slow)
     assert not BatchSizePruner(ValleyPruner()).prune(study, slow)
     hopeless = reporting(study, 2.5, {100: sign * (curve(2.5, 1) + 2.0)})  # far above, and far behind
     assert BatchSizePruner(ValleyPruner()).prune(study, hopeless)
+    lowest = reporting(study, -3.0, {100: sign * (curve(-3.0, 1) + 2.0)})  # nobody slower to bound its finish
+    assert not BatchSizePruner(ValleyPruner()).prune(study, lowest)
 
 
 def test_nothing_is_pruned_while_every_run_is_still_at_chance_level():

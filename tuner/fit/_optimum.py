@@ -45,7 +45,7 @@ NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about 
 REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
 DEPTH = 0.5             # ...in the lower part of the valley: at most this share of its height above the best...
 MIN_SIDE = 1            # ...but always this many on each side of it, when there are
-NEIGHBOURHOOD = 0.3     # the kernel width (log-lr) over which the best learning rate is judged
+NEIGHBOURHOOD = 0.15    # the kernel width (log-lr) over which the best learning rate is judged
 MIN_FIT = 6             # the local model sees at least this many, the nearest to the best
 MAX_DIP = 0.5           # a vertex between trials may dip below the best by at most this share of the rise
 MODEL_DOF = 2           # the valley's residuals estimate the noise from this many spare degrees of freedom
@@ -350,7 +350,7 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
     flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
     flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
     baseline = None if trials.baseline is None else sign * trials.baseline
-    if _no_signal(groups, best, noise, baseline):
+    if _no_signal(groups, best, noise, baseline, diverged=math.isfinite(batch.cliff)):
         flags += (NO_SIGNAL,)
     return BatchOptimum(lr=math.exp(estimate), ci=(math.exp(interval[0]), math.exp(interval[1])),
                         best_lr=math.exp(x_best), best_value=float(sign * groups.mean[best]), flags=flags,
@@ -705,14 +705,15 @@ def _interpolated(groups: Groups, noise: float | None, estimate: float, cliff: f
 
 # --- 6. no signal --------------------------------------------------------------------------------------------
 
-def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None) -> bool:
+def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None, diverged: bool) -> bool:
     """The best run is no better than the untrained model, or the learning rates tried (over at
-    least ×4) did no better than one another beyond noise: their means are as consistent with one
-    flat level as noise makes them (a chi-square test at 99%)."""
+    least ×4) did no better than one another beyond noise, and none diverged: their means are as
+    consistent with one flat level as noise makes them (a chi-square test at 99%). A flat valley
+    that ends in a divergence is a signal: the optimum lies below the cliff, somewhere on the flat."""
     best_mean = groups.mean[best]
     if baseline is not None and best_mean > baseline - NO_SIGNAL_Z * (noise or 0.0):
         return True
-    if not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
+    if diverged or not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
         return False
     level = np.average(groups.mean, weights=groups.count)
     chi2 = float(np.sum(groups.count * (groups.mean - level) ** 2)) / noise**2
@@ -721,11 +722,15 @@ def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float |
 
 def _robust_best(groups: Groups) -> int:
     """The learning rate whose neighbourhood did best: each mean averaged with its neighbours' within
-    about ×1.35 (a Gaussian kernel in log-lr, weighted by runs). The single best run is often a
-    lucky seed where the noise is largest, and everything else is built around this one."""
+    about ×1.16 (a Gaussian kernel in log-lr, weighted by runs), every mean capped first at the best
+    plus four times the neighbours' scatter. The single best run is often a lucky seed where the
+    noise is largest, and everything else is built around this one; the cap keeps a cliff next to
+    the optimum from pushing it away."""
+    scatter = _scatter(groups, 0.0).sigma or 0.0
+    capped = np.minimum(groups.mean, groups.mean.min() + 4 * scatter)
     d = groups.x[:, None] - groups.x[None, :]
     weights = groups.count[None, :] * np.exp(-0.5 * (d / NEIGHBOURHOOD) ** 2)
-    return int(np.argmin(weights @ groups.mean / weights.sum(axis=1)))
+    return int(np.argmin(weights @ capped / weights.sum(axis=1)))
 
 
 def _cliff(diverged_x: np.ndarray, floor: float) -> float:

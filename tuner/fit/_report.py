@@ -5,16 +5,19 @@ import math
 
 import numpy as np
 
+from tuner.fit._optimum import BEST_TRIAL, BEST_TRIALS
 from tuner.fit._result import FitResult
 from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT
 
+METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits them)",
+                BEST_TRIAL: "the best trial (too few for a valley)"}
 RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", "power": "#9467bd", SATURATING: "#d62728"}
 
 
 def format_fit(result: FitResult) -> str:
     """The verdict, the per-batch optima and the rule comparison, as plain text for a terminal."""
     lines = [f"study '{result.study}' ({result.direction}): optimal learning rate by batch size", "",
-             result.verdict, "", "Per batch size (95% bootstrap interval):"]
+             result.verdict, "", "Per batch size (95% interval; noise: one run's standard deviation):"]
     lines += _aligned(_optima_rows(result))
     lines += ["", "Rules (fitted to the optima above; * recommended):"]
     lines += _aligned(_rule_rows(result))
@@ -83,11 +86,13 @@ def make_figure(result: FitResult):
 
 
 def _optima_rows(result: FitResult) -> list[list[str]]:
-    rows = [["batch", "optimal lr", "interval", "trials", "complete", "pruned", "diverged", "notes"]]
+    rows = [["batch", "optimal lr", "interval", "noise", "trials", "complete", "pruned", "diverged", "notes"]]
     for o in result.optima:
         interval = f"{o.ci[0]:.3g} – {o.ci[1]:.3g}" if o.ci else "-"
-        rows.append([str(o.batch_size), f"{o.lr:.3g}" if o.lr else "-", interval, str(o.n_trials),
-                     str(o.n_complete), str(o.n_pruned), str(o.n_diverged), ", ".join(o.flags)])
+        notes = [*o.flags, *([METHOD_NOTES[o.method]] if o.method in METHOD_NOTES else [])]
+        rows.append([str(o.batch_size), f"{o.lr:.3g}" if o.lr else "-", interval,
+                     f"{o.noise:.2g}" if o.noise is not None else "-", str(o.n_trials),
+                     str(o.n_complete), str(o.n_pruned), str(o.n_diverged), ", ".join(notes)])
     return rows
 
 

@@ -13,6 +13,7 @@ from tuner.fit._data import read_study
 from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
+    MAX_GAP,
     NO_COMPLETE,
     OUT_OF_MEMORY,
     TOLERATED,
@@ -184,10 +185,10 @@ def _cost_curve(optimum: BatchOptimum, points: int = 161) -> tuple[np.ndarray, n
     allowed = max(TOLERATED * abs(optimum.best_value), optimum.valley.noise, 1e-300)
     costs = np.array([np.nan if c is None else min(c[0] / allowed, DIVERGES)
                       for c in map(optimum.valley.worse_by, np.exp(x))])
-    # from the last learning rate that completed on to a divergence, and past it, ever worse: the
-    # slope lets the fit find its way back
+    # from the last learning rate that completed on to a divergence close above it (within
+    # MAX_GAP), and past it, ever worse: the slope lets the fit find its way back
     cliff, measured = optimum.valley.cliff_x, np.flatnonzero(np.isfinite(costs) & (costs < DIVERGES))
-    if math.isfinite(cliff) and len(measured):
+    if math.isfinite(cliff) and len(measured) and cliff - x[measured[-1]] <= MAX_GAP:
         last = x[measured[-1]]
         ramp = x > last
         costs[ramp] = np.maximum(np.nan_to_num(costs[ramp]), costs[measured[-1]] +

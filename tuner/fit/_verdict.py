@@ -128,6 +128,8 @@ def _cost(rule: Rule, batch_sizes: list[int]) -> str:
     if not costs:
         return ""
     worst, se, at = max(costs)
+    if worst <= 2 * se or worst < 1e-12:
+        return "Following it costs nothing measurable against each batch size's optimum (within noise)."
     return (f"Following it costs at most {worst:.2g} ± {se:.1g} in the metric (at B={at}) against each batch "
             "size's optimum.")
 

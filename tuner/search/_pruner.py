@@ -78,14 +78,18 @@ class SameStepMedianPruner(BasePruner):
         return min(mine) > statistics.median(others)
 
 
+NEIGHBOUR_REACH = math.log(4.0)  # complete trials this far away in learning rate bound a trial's finish
+
+
 class ValleyPruner(BasePruner):
     """Prunes a trial only when even the best finish its neighbours had cannot save it.
 
     Meant for one batch size's learning-rate search (``BatchSizePruner`` hands it a view of the
     study that holds only that batch size). At a report after ``step`` training samples, the trial's
     **optimistic finish** is its value now, improved by the most that any of its ``n_neighbours``
-    nearest complete trials (in learning rate, either side) improved from that step to their end. It
-    is pruned when both hold:
+    nearest complete trials at lower learning rates (within ×4), or the nearest one above, improved
+    from that step to their end: a lower learning rate starts slower and gains more later, so a trial
+    with no complete trial below it is never pruned. It is pruned when both hold:
 
     1. its optimistic finish is still worse than the best complete trial's final value by more than
        the noise (``Z`` standard deviations of one run's final metric, as the fit estimates it);
@@ -126,12 +130,15 @@ class ValleyPruner(BasePruner):
             return False
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         x = math.log(lr)
-        # (distance in log-lr, how much it improved from this step to its end), lower is better
-        gains = sorted((abs(math.log(t.params[LR]) - x), sign * (v - t.value)) for t in completed
-                       if math.isfinite(v := t.intermediate_values.get(step, math.nan)))[:self._n_neighbours]
-        if not gains:
+        # (log-lr, how much it improved from this step to its end), lower is better
+        gains = [(math.log(t.params[LR]), sign * (v - t.value)) for t in completed
+                 if math.isfinite(v := t.intermediate_values.get(step, math.nan))]
+        slower = sorted((g for g in gains if x - NEIGHBOUR_REACH <= g[0] <= x), key=lambda g: -g[0])
+        faster = sorted((g for g in gains if x < g[0] <= x + NEIGHBOUR_REACH), key=lambda g: g[0])
+        if not slower:  # nobody that started slower says how much a slow start can still gain
             return False
-        optimistic = sign * now - max(gain for _, gain in gains)
+        nearest = slower[:self._n_neighbours] + faster[:1]
+        optimistic = sign * now - max(gain for _, gain in nearest)
         best = min(sign * t.value for t in completed)
         if optimistic <= best:  # the cheap test first: the fit below costs milliseconds
             return False

@@ -135,7 +135,7 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
 
     o = _options(run.options, options)
     loss = loss or torch.nn.functional.cross_entropy
-    measure, maximize = _metric(o.metric, loss, metric, maximize, run.direction)
+    measure, maximize = _metric(o.metric, loss, metric, maximize, getattr(run, "direction", "minimize"))
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # process-wide, as torch has it
     device = _device(o.device)
