@@ -670,7 +670,10 @@ def _limits(fitted: Groups, bounds: tuple[float, float], tried: np.ndarray,
 
 def _as_good_as_best(fitted: Groups, noise: float | None, tried: np.ndarray) -> tuple[float, tuple[float, float]]:
     """The mean log learning rate of those next to the best that did as well as it (within noise),
-    and an interval from the trial tried below them to the one tried above them. No smoothing: a
+    each weighted by how close it came to the best (a Gaussian in standard errors), and an interval
+    from the trial tried below them to the one tried above them. Two equally good trials either side
+    of an untried gap put it in the gap; a gentle side of the valley, where trials within noise of
+    the best reach far, does not drag it away from the best. No smoothing across the valley: a
     sharp valley between sparse trials would be blurred towards its gentle side."""
     best = int(np.argmin(fitted.mean))
     se = (noise or 0.0) * np.sqrt(1 / fitted.count + 1 / fitted.count[best])
@@ -680,8 +683,10 @@ def _as_good_as_best(fitted: Groups, noise: float | None, tried: np.ndarray) -> 
         first -= 1
     while last < len(good) - 1 and good[last + 1]:
         last += 1
-    xs, counts = fitted.x[first:last + 1], fitted.count[first:last + 1]
-    estimate = float(np.average(xs, weights=counts))
+    run = slice(first, last + 1)
+    xs, gap = fitted.x[run], (fitted.mean - fitted.mean[best])[run]
+    closeness = np.exp(-0.5 * (gap / np.maximum(se[run], 1e-300)) ** 2) if noise else (gap <= 0).astype(float)
+    estimate = float(np.average(xs, weights=fitted.count[run] * closeness))
     below, above = tried[tried < xs[0]], tried[tried > xs[-1]]
     return estimate, (float(below.max()) if len(below) else float(xs[0]),
                       float(above.min()) if len(above) else float(xs[-1]))
