@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import chdtri, fdtri
@@ -44,9 +45,9 @@ MIN_SIGNAL_SPAN = math.log(4.0)  # flatness only means no signal when the trials
 NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about the valley than the noise
 REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
 DEPTH = 0.5             # ...in the lower part of the valley: at most this share of its height above the best...
-MIN_SIDE = 1            # ...but always this many on each side of it, when there are
 NEIGHBOURHOOD = 0.15    # the kernel width (log-lr) over which the best learning rate is judged
 MIN_FIT = 6             # the local model sees at least this many, the nearest to the best
+MAX_ASYMMETRY = 10.0    # a valley at most this many times steeper on one side than on the other
 MAX_DIP = 0.5           # a vertex between trials may dip below the best by at most this share of the rise
 MODEL_DOF = 2           # the valley's residuals estimate the noise from this many spare degrees of freedom
 PRIOR_DF = 6            # the noise pooled over batch sizes counts as this many degrees of freedom
@@ -327,6 +328,16 @@ def estimate_optimum(trials: BatchTrials, maximize: bool, lr_range: tuple[float,
     return _estimate(trials, _Batch.of(trials, maximize), None, maximize, lr_range, rng)
 
 
+@lru_cache(maxsize=256)
+def estimate_cached(x: tuple[float, ...], value: tuple[float, ...], pruned_x: tuple[float, ...],
+                    diverged_x: tuple[float, ...], maximize: bool, lr_range: tuple[float, float]) -> BatchOptimum:
+    """``estimate_optimum`` of one batch size's trials given as tuples (log-lr), remembered: the
+    sampler and the pruner ask for the same batch size's fit again and again between two of its
+    trials finishing, and a fit costs milliseconds."""
+    trials = BatchTrials(0, *(np.asarray(v, dtype=float) for v in (x, value, pruned_x, diverged_x)))
+    return estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0))
+
+
 def _noise(evidence: NoiseEvidence, prior: NoisePrior | None) -> float | None:
     return prior.combine(evidence) if prior is not None else evidence.sigma
 
@@ -345,7 +356,7 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
         estimate, interval, method = _best_trial(groups.x[best], batch.tried, batch.cliff, lr_range)
         valley, bracket, vertex = _interpolated(groups, noise, estimate, batch.cliff), interval, estimate
     else:
-        estimate, vertex, interval, method, valley, bracket = _fit(batch, noise, rng, asymmetric)
+        estimate, vertex, interval, method, valley, bracket = _fit(batch, noise, rng, asymmetric, lr_range)
     x_best, sign = groups.x[best], -1.0 if maximize else 1.0
     flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
     flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
@@ -402,9 +413,12 @@ def _pseudo_residuals(g: Groups) -> np.ndarray:
 
 # --- 2-5. bounds, local quadratic, checks, interval ----------------------------------------------------------
 
-def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None):
+def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_range: tuple[float, float]):
     groups, best, tried = batch.groups, batch.best, batch.tried
     fitted = batch.window(noise)
+    if len(fitted.x) < MIN_COMPLETE:  # the trials near the best are too few for a valley
+        estimate, interval, method = _best_trial(groups.x[best], tried, batch.cliff, lr_range)
+        return estimate, estimate, interval, method, _interpolated(groups, noise, estimate, batch.cliff), interval
     limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
     valley = LocalValley.fit(fitted, limits, asymmetric)
     if valley is not None and valley.agrees(fitted, noise):
@@ -524,7 +538,10 @@ def _profile(fitted: Groups, grid: np.ndarray, y: np.ndarray, symmetric: bool):
     rss = np.sum((target[:, None, :] - fitted_values) ** 2, axis=2)
     if symmetric:
         coef = np.concatenate([coef, coef[..., 1:2]], axis=2)
-    curvature_ok = (coef[..., 1] >= 0) & (coef[..., 2] >= 0)
+    low, high = coef[..., 1], coef[..., 2]
+    # no valley ten times steeper on one side than the other: that is two neighbouring runs' noise
+    # read as a wall, not a valley
+    curvature_ok = (low >= 0) & (high >= 0) & (high <= MAX_ASYMMETRY * low) & (low <= MAX_ASYMMETRY * high)
     return np.where(curvature_ok, rss, np.inf), coef
 
 
@@ -564,8 +581,13 @@ def _valley_values(coef: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def _vertex_grid(fitted: Groups, limits: tuple[float, float]) -> np.ndarray:
+    """Candidate vertices: where the vertex may go, and MARGIN beyond each end. A vertex a little past
+    a limit is clipped to it (the trials allow the optimum up to there); one that runs to the end of
+    the grid is the model disagreeing with them."""
     low, high = max(limits[0], fitted.x[0] - MARGIN), min(limits[1], fitted.x[-1] + MARGIN)
-    return np.linspace(low, high, VERTEX_GRID) if high > low else np.zeros(0)
+    if not high > low:
+        return np.zeros(0)
+    return np.linspace(low - MARGIN, high + MARGIN, VERTEX_GRID)
 
 
 def _shape_fits(fitted: Groups, limits: tuple[float, float]) -> dict[bool, tuple[float, int]]:
@@ -612,17 +634,22 @@ def _bounds(groups: Groups, best: int, noise: float | None, cliff: float) -> tup
 
 def _candidates(groups: Groups, best: int) -> np.ndarray:
     """The trials the local model may see: outward from the best while they stay in the lower part of
-    the valley (within DEPTH of the height the trials within REACH reach above the best), and at least
-    MIN_SIDE on each side. A chance plateau or a far outlier never enters."""
+    the valley (within DEPTH of the height the trials within REACH reach above the best; for a positive
+    metric, on a log scale). A chance
+    plateau, a far outlier or a run over the cliff never enters: one such value would bend the model
+    more than all the others."""
     x, y = groups.x, groups.mean
     near = np.abs(x - x[best]) <= REACH
-    ceiling = y[best] + DEPTH * (y[near].max() - y[best])
+    if np.all(y > 0):  # a loss: its height on a log scale, or a run a thousand times worse near a cliff
+        ceiling = y[best] * (y[near].max() / y[best]) ** DEPTH  # would let every other trial in
+    else:
+        ceiling = y[best] + DEPTH * (y[near].max() - y[best])
     candidate = np.zeros(len(x), dtype=bool)
     candidate[best] = True
     for step in (-1, 1):
-        i, taken = best + step, 0
-        while 0 <= i < len(x) and near[i] and (y[i] <= ceiling or taken < MIN_SIDE):
-            candidate[i], taken, i = True, taken + 1, i + step
+        i = best + step
+        while 0 <= i < len(x) and near[i] and y[i] <= ceiling:
+            candidate[i], i = True, i + step
     return candidate
 
 
@@ -726,16 +753,15 @@ def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float |
 
 
 def _robust_best(groups: Groups) -> int:
-    """The learning rate whose neighbourhood did best: each mean averaged with its neighbours' within
-    about ×1.16 (a Gaussian kernel in log-lr, weighted by runs), every mean capped first at the best
-    plus four times the neighbours' scatter. The single best run is often a lucky seed where the
-    noise is largest, and everything else is built around this one; the cap keeps a cliff next to
-    the optimum from pushing it away."""
-    scatter = _scatter(groups, 0.0).sigma or 0.0
-    capped = np.minimum(groups.mean, groups.mean.min() + 4 * scatter)
+    """The learning rate whose neighbourhood did best: each mean's rank averaged with its neighbours'
+    within about ×1.16 (a Gaussian kernel in log-lr, weighted by runs). The single best run is often
+    a lucky seed where the noise is largest, and everything else is built around this one; ranks,
+    not values, so that a cliff next to the optimum (runs a hundred times worse) cannot push it away."""
+    ranks = np.argsort(np.argsort(groups.mean, kind="stable"), kind="stable").astype(float)
     d = groups.x[:, None] - groups.x[None, :]
     weights = groups.count[None, :] * np.exp(-0.5 * (d / NEIGHBOURHOOD) ** 2)
-    return int(np.argmin(weights @ capped / weights.sum(axis=1)))
+    smoothed = weights @ ranks / weights.sum(axis=1)
+    return int(np.lexsort((ranks, smoothed))[0])  # ties go to the better mean
 
 
 def _cliff(diverged_x: np.ndarray, floor: float) -> float:

@@ -10,7 +10,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.fit._data import batch_trials
-from tuner.fit._optimum import BatchOptimum, estimate_optimum
+from tuner.fit._optimum import BatchOptimum, estimate_cached
 from tuner.search._view import BatchSizeView
 from tuner.trials import BATCH_SIZE, LR
 
@@ -117,7 +117,6 @@ class ValleyPruner(BasePruner):
         self._n_startup_trials = n_startup_trials
         self._n_warmup_steps = n_warmup_steps
         self._n_neighbours = n_neighbours
-        self._fits: dict[tuple, BatchOptimum] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step, lr = trial.last_step, trial.params.get(LR)
@@ -148,19 +147,15 @@ class ValleyPruner(BasePruner):
         return optimistic > best + self.Z * fit.noise
 
     def _fit(self, study: optuna.Study, batch_size: int | None, maximize: bool) -> BatchOptimum | None:
-        """The fit of this batch size's finished trials (cached per set of trials: it changes only
-        when a trial finishes); None before any completed."""
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        key = (batch_size, tuple(sorted(t.number for t in finished)))
-        if key not in self._fits:
-            trials = batch_trials(batch_size, finished)
-            if len(trials.x) == 0:
-                return None
-            tried = np.concatenate([trials.x, trials.pruned_x, trials.diverged_x])
-            lr_range = (math.exp(tried.min()), math.exp(tried.max()))
-            # one batch size's snapshot at a time is all a report needs
-            self._fits = {key: estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0))}
-        return self._fits[key]
+        """The fit of this batch size's finished trials (remembered until one more finishes); None
+        before any completed."""
+        trials = batch_trials(batch_size, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                                   TrialState.PRUNED)))
+        if len(trials.x) == 0:
+            return None
+        tried = np.concatenate([trials.x, trials.pruned_x, trials.diverged_x])
+        return estimate_cached(tuple(trials.x), tuple(trials.value), tuple(trials.pruned_x), tuple(trials.diverged_x),
+                               maximize, (math.exp(tried.min()), math.exp(tried.max())))
 
 
 def _protected(fit: BatchOptimum, lr: float) -> bool:

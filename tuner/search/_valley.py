@@ -11,8 +11,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.fit._data import BatchTrials
-from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, estimate_optimum
+from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, estimate_cached
 from tuner.trials import is_diverged
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -141,14 +140,12 @@ class ValleySampler(BaseSampler):
         complete = [t for t in earlier if t.state == TrialState.COMPLETE and t.params[name] > 0]
         diverged = [t for t in earlier if is_diverged(t) and t.params[name] > 0]
         pruned = [t for t in earlier if t.state == TrialState.PRUNED and not is_diverged(t) and t.params[name] > 0]
-        trials = BatchTrials(0, np.array([math.log(t.params[name]) for t in complete]),
-                             np.array([t.value for t in complete], dtype=float),
-                             np.array([math.log(t.params[name]) for t in pruned]),
-                             np.array([math.log(t.params[name]) for t in diverged]))
         if len(complete) < MIN_COMPLETE:
             return None
-        fit = estimate_optimum(trials, direction == StudyDirection.MAXIMIZE, (math.exp(low), math.exp(high)),
-                               self._rng)
+        fit = estimate_cached(tuple(math.log(t.params[name]) for t in complete), tuple(t.value for t in complete),
+                              tuple(math.log(t.params[name]) for t in pruned),
+                              tuple(math.log(t.params[name]) for t in diverged),
+                              direction == StudyDirection.MAXIMIZE, (math.exp(low), math.exp(high)))
         return fit if fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
     def _replicate(self, fit: BatchOptimum | None, center: float) -> float | None:

@@ -148,7 +148,8 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
     net = _build(model).to(device)
     optimizer = _optimizer(o, net, run.lr)
     shuffle = torch.Generator(device=device).manual_seed(run.seed)
-    initial_loss, value = _evaluate(net, (loss, measure), valid_inputs, valid_targets, o.eval_batch_size)
+    functions = (loss,) if measure is loss else (loss, measure)  # the loss once, when it is the metric
+    initial_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
     limit = DIVERGENCE_FACTOR * initial_loss if initial_loss > 0 else math.inf
     run.report(0, value)  # the untrained model
     for step, batch in enumerate(_batches(len(inputs), run.batch_size, steps, shuffle), start=1):
@@ -157,10 +158,15 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
         batch_loss.backward()
         optimizer.step()
         if step in eval_steps:  # the only points that wait for the device
-            valid_loss, value = _evaluate(net, (loss, measure), valid_inputs, valid_targets, o.eval_batch_size)
+            valid_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
             _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
             run.report(step * run.batch_size, value)
     return value
+
+
+def _two(values: tuple[float, ...]) -> tuple[float, float]:
+    """(validation loss, metric) from one or two evaluations."""
+    return values[0], values[-1]
 
 
 def metric_direction(name: str) -> str:
