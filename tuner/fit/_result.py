@@ -13,7 +13,7 @@ from tuner.fit._data import read_study
 from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
-    MAX_GAP,
+    MARGIN,
     NO_COMPLETE,
     OUT_OF_MEMORY,
     TOLERATED,
@@ -143,7 +143,7 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     add_costs(rules, optima)
     for name in (LINEAR, SQRT):
         rules[name].stats["anchored_lr"] = anchored(name, reference, batch_sizes)
-    recommended = recommend(rules)
+    recommended = recommend(rules, optima)
     return FitResult(
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
         optima=optima, rules=rules, recommended=recommended, reference_batch_size=reference.batch_size,
@@ -178,21 +178,23 @@ def _reach(y: np.ndarray, cost_x: np.ndarray, cost: np.ndarray, side: int) -> np
 
 def _cost_curve(optimum: BatchOptimum, points: int = 161) -> tuple[np.ndarray, np.ndarray]:
     """What following a learning rate costs at this batch size, across ×4 either side of its
-    optimum, in units of the tolerated cost (nan where the trials do not say; 1e6 where it diverged)."""
+    optimum, in units of the tolerated cost (DIVERGES where it diverged; nan without a valley).
+    Where the trials do not say: beyond the last learning rate measured on either side, as bad as it
+    (a valley does not come down again past its wall: a hole there let a rule sit just past a run
+    far worse); between two measured points (a wall, then a divergence), in line from one to the
+    other, and past a divergence rising further, so that a fit finds its way back."""
     x = math.log(optimum.lr) + np.linspace(-math.log(4.0), math.log(4.0), points)
     if optimum.valley is None or optimum.best_value is None:
         return x, np.full(points, np.nan)
     allowed = max(TOLERATED * abs(optimum.best_value), optimum.valley.noise, 1e-300)
     costs = np.array([np.nan if c is None else min(c[0] / allowed, DIVERGES)
                       for c in map(optimum.valley.worse_by, np.exp(x))])
-    # from the last learning rate that completed on to a divergence close above it (within
-    # MAX_GAP), and past it, ever worse: the slope lets the fit find its way back
-    cliff, measured = optimum.valley.cliff_x, np.flatnonzero(np.isfinite(costs) & (costs < DIVERGES))
-    if math.isfinite(cliff) and len(measured) and cliff - x[measured[-1]] <= MAX_GAP:
-        last = x[measured[-1]]
-        ramp = x > last
-        costs[ramp] = np.maximum(np.nan_to_num(costs[ramp]), costs[measured[-1]] +
-                                 DIVERGES * (x[ramp] - last) / max(cliff - last, 1e-9))
+    measured = np.isfinite(costs)
+    if not measured.any():
+        return x, costs
+    costs = np.interp(x, x[measured], costs[measured])
+    beyond = x >= optimum.valley.cliff_x  # past a divergence: ever worse, so a fit that starts there leaves
+    costs[beyond] = DIVERGES * (1.0 + (x[beyond] - optimum.valley.cliff_x) / MARGIN)
     return x, costs
 
 

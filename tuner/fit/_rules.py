@@ -120,7 +120,7 @@ def cost(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarr
     predicted = log_model(name, theta, data.log_b, log_ref)
     miss = data.y - predicted
     stray = miss / np.where(miss < 0, data.reach_high, data.reach_low)
-    measured = np.array([np.interp(p, x, c, left=np.nan, right=np.nan)
+    measured = np.array([np.interp(p, x, c)  # past either end: as bad as the end
                          for p, x, c in zip(predicted, data.cost_x, data.cost)])
     scaled = np.sqrt(np.nan_to_num(measured) + stray**2)
     return np.r_[scaled, _outside(predicted, data)]

@@ -1,8 +1,9 @@
 """Which rule to use over which batch range, with numbers a person can act on.
 
 The recommendation is the rule with the lowest BIC; rules within ``BIC_TIE`` of it count as just as
-good, and then the one with fewer parameters wins (a rule people already know, when the data cannot
-tell it apart from a fancier one), then the lower BIC.
+good, and of those the ones that lose about the least metric at their worst batch size measured
+(within 2% of the metric, or twice it) are kept; then the one with fewer parameters wins (a rule
+people already know, when the data cannot tell it apart from a fancier one), then the lower BIC.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tuner.fit._optimum import (
     NO_COMPLETE,
     NO_SIGNAL,
     OUT_OF_MEMORY,
+    TOLERATED,
     BatchOptimum,
 )
 from tuner.fit._rules import LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
@@ -26,10 +28,27 @@ TOLERANCE = 1.25   # a simpler rule "holds" where it is within this factor of th
 RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power law", SATURATING: "saturating rule"}
 
 
-def recommend(rules: dict[str, Rule]) -> str:
+def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) -> str:
+    """Among the rules the data cannot tell apart (within BIC_TIE of the best), those that lose about
+    the least metric at their worst batch size measured (within TOLERATED of it, or twice it); of
+    those the one with the fewest parameters; then the lowest BIC. Without ``optima``, no costs."""
     best = min(rule.stats["bic"] for rule in rules.values())
     close = [name for name in RULE_NAMES if rules[name].stats["bic"] <= best + BIC_TIE]
-    return min(close, key=lambda name: (N_PARAMS[name], rules[name].stats["bic"]))
+    worst = {name: _worst_cost(rules[name], optima) for name in close}
+    least = min(worst.values())
+    cheap = [name for name in close if worst[name] <= max(least + TOLERATED, 2 * least)]
+    return min(cheap, key=lambda name: (N_PARAMS[name], rules[name].stats["bic"]))
+
+
+def _worst_cost(rule: Rule, optima: list[BatchOptimum] | None) -> float:
+    """What following the rule costs at its worst batch size measured, as a share of the metric there
+    (inf where it diverges; 0 without costs)."""
+    if optima is None or "metric_cost" not in rule.stats:
+        return 0.0
+    if any(rule.stats["diverges"]):
+        return math.inf
+    return max((cost / abs(o.best_value) for cost, o in zip(rule.stats["metric_cost"], optima)
+                if cost is not None and o.best_value), default=0.0)
 
 
 def add_costs(rules: dict[str, Rule], optima: list[BatchOptimum]) -> None:
