@@ -12,6 +12,8 @@ from socketserver import ThreadingMixIn
 from wsgiref import simple_server
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from optuna.artifacts import FileSystemArtifactStore
+
 from tuner.storage import is_url, open_storage
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
@@ -58,10 +60,20 @@ def make_server(storage: str, host: str, port: int) -> WSGIServer:
     Binding before anything is printed means a busy port is one clear error, not a banner first.
     """
     import optuna_dashboard
-    from optuna.artifacts import FileSystemArtifactStore
 
     opened = open_storage(storage, create=False)
-    artifacts = artifact_dir(storage)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    app = optuna_dashboard.wsgi(opened, artifact_store=FileSystemArtifactStore(str(artifacts)))
+    app = optuna_dashboard.wsgi(opened, artifact_store=_ArtifactStore(artifact_dir(storage)))
     return simple_server.make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+
+
+class _ArtifactStore(FileSystemArtifactStore):
+    """Optuna's file store, whose folder is made at the first upload: serving a storage creates
+    nothing beside it (and a busy port leaves nothing behind)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self._folder = folder
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        super().write(artifact_id, content_body)

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuner.errors import InputError
 
+PRUNER_STARTUP_TRIALS = 3  # complete trials a batch size needs before its trials can be pruned
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -53,7 +55,7 @@ class SearchTable(_Table):
     warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
     replicates: Literal["auto"] | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = "auto"
     pruner: Literal["valley", "median", "none"] = "valley"
-    pruner_startup_trials: NonNegativeInt = 3
+    pruner_startup_trials: NonNegativeInt = PRUNER_STARTUP_TRIALS
     pruner_warmup_samples: NonNegativeInt = 0
 
     @field_validator("lr", mode="before")

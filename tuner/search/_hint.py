@@ -39,8 +39,9 @@ def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     best: dict[int, optuna.trial.FrozenTrial] = {}
     for trial in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True):
-        b = trial.params.get(BATCH_SIZE)
-        if b is not None and LR in trial.params and (b not in best or sign * trial.value < sign * best[b].value):
+        b, lr = trial.params.get(BATCH_SIZE), trial.params.get(LR)
+        usable = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+        if b is not None and usable and (b not in best or sign * trial.value < sign * best[b].value):
             best[b] = trial
     return {b: t.params[LR] for b, t in best.items()}
 

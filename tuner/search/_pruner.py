@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.fit._data import batch_trials
 from tuner.fit._optimum import BatchOptimum, estimate_cached
 from tuner.search._view import BatchSizeView
+from tuner.spec import PRUNER_STARTUP_TRIALS
 from tuner.trials import BATCH_SIZE, LR
 
 
@@ -56,7 +57,7 @@ class SameStepMedianPruner(BasePruner):
         n_warmup_steps: steps (training samples seen) before a trial can be pruned.
     """
 
-    def __init__(self, n_startup_trials: int = 4, n_warmup_steps: int = 0) -> None:
+    def __init__(self, n_startup_trials: int = PRUNER_STARTUP_TRIALS, n_warmup_steps: int = 0) -> None:
         if n_startup_trials < 0 or n_warmup_steps < 0:
             raise ValueError("n_startup_trials and n_warmup_steps must be >= 0")
         self._n_startup_trials = n_startup_trials
@@ -71,7 +72,9 @@ class SameStepMedianPruner(BasePruner):
             return False
         others = [v for t in completed if not math.isnan(v := t.intermediate_values.get(step, math.nan))]
         mine = [v for v in trial.intermediate_values.values() if not math.isnan(v)]
-        if not others or not mine:
+        if not mine:  # every report NaN: MedianPruner prunes it
+            return True
+        if not others:
             return False
         if study.direction == StudyDirection.MAXIMIZE:
             return max(mine) < statistics.median(others)
@@ -111,7 +114,8 @@ class ValleyPruner(BasePruner):
 
     Z = 2.5  # "beyond noise": one-sided, about 99%
 
-    def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 0, n_neighbours: int = 3) -> None:
+    def __init__(self, n_startup_trials: int = PRUNER_STARTUP_TRIALS, n_warmup_steps: int = 0,
+                 n_neighbours: int = 3) -> None:
         if n_startup_trials < 0 or n_warmup_steps < 0 or n_neighbours < 1:
             raise ValueError("n_startup_trials and n_warmup_steps must be >= 0 and n_neighbours >= 1")
         self._n_startup_trials = n_startup_trials

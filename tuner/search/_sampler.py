@@ -11,7 +11,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search._hint import lr_hint
-from tuner.search._valley import ValleySampler
+from tuner.search._valley import ValleySampler, _single_objective
 from tuner.search._view import BatchSizeView
 from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR
 
@@ -82,6 +82,7 @@ class BatchSizeSampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        _single_objective(study, self)
         if param_name == BATCH_SIZE:
             return self._checked(self._next_batch_size(study), param_distribution)
         if param_name == LR and BATCH_SIZE in trial.params:

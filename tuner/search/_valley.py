@@ -81,11 +81,15 @@ class ValleySampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        _single_objective(study, self)
         if not (isinstance(param_distribution, FloatDistribution) and param_distribution.log):
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         low, high = math.log(param_distribution.low), math.log(param_distribution.high)
+        # the trials inside today's range: a range that narrowed leaves earlier ones outside it (and
+        # a parameter once another kind, or not positive, says nothing about this one)
         earlier = [t for t in study._get_trials(deepcopy=False, use_cache=True)
-                   if param_name in t.params and t.number != trial.number and t.state != TrialState.FAIL]
+                   if t.number != trial.number and t.state != TrialState.FAIL
+                   and _within(t.params.get(param_name), param_distribution)]
         earlier.sort(key=lambda t: t.number)
         hint = getattr(study, "lr_hint", None)
         if hint is not None and not earlier:
@@ -171,6 +175,17 @@ def _auto_share(fit: BatchOptimum) -> float:
     near = np.abs(groups.x - math.log(fit.lr)) <= math.log(4.0)
     depth = float(np.median(groups.mean[near] - groups.mean.min())) if near.sum() > 1 else 0.0
     return 0.25 if fit.noise > 0.25 * depth else 0.0
+
+
+def _within(value: Any, distribution: FloatDistribution) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and distribution.low <= value <= distribution.high)
+
+
+def _single_objective(study: optuna.Study, sampler: BaseSampler) -> None:
+    if len(study.directions) != 1:
+        raise ValueError(f"{type(sampler).__name__} searches for one metric's optimum; this study has "
+                         f"{len(study.directions)} objectives")
 
 
 def _bracket(x_best: float, end: float, hint: float | None) -> float:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Container, Sequence
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.trials import BATCH_SIZE, is_diverged
@@ -44,6 +46,25 @@ class BatchSizeView:
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
         return self._keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
+
+    # Optuna's best_* read the whole study; here they read this batch size's trials only (a pruner
+    # such as WilcoxonPruner compares with best_trial)
+    @property
+    def best_trial(self) -> FrozenTrial:
+        complete = [t for t in self.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.value is not None]
+        if not complete:
+            raise ValueError(f"no complete trials at batch size {self._batch_size} yet")
+        pick = max if self._study.direction == StudyDirection.MAXIMIZE else min
+        return copy.deepcopy(pick(complete, key=lambda t: t.value))
+
+    @property
+    def best_value(self) -> float:
+        return self.best_trial.value
+
+    @property
+    def best_params(self) -> dict:
+        return self.best_trial.params
 
     def _keep(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         return [_without_reports(t) if is_diverged(t) else t
