@@ -119,9 +119,9 @@ def power_law_row(alpha: float, seed: int, n_trials: int = 120, sizes: list[int]
     spec = synthetic_spec(alpha, seed, n_trials, sizes, maximize)
     result = fit_study(run_spec(spec, power_law_workload(alpha, maximize=maximize)))
     truth = power_law_truth(alpha)
-    low, high = result.rules["power"].stats["alpha_ci"]
+    low, high = result.rules["power"].alpha_ci
     return {
-        "alpha": result.rules["power"].params["alpha"], "ci": (low, high), "holds": low <= alpha <= high,
+        "alpha": result.rules["power"].alpha, "ci": (low, high), "holds": low <= alpha <= high,
         "tells_1_from_half": not (low <= 1.0 <= high and low <= 0.5 <= high),
         "recommended": result.recommended,
         "per_batch": [log_error(o.lr, truth(o.batch_size)) for o in result.optima if o.lr],

@@ -102,7 +102,7 @@ def test_python_module_gives_the_fits_own_predictions(stored, tmp_path):
         warnings.simplefilter("error")  # nothing in the fitted range warns
         for b, lr in zip(fit["batch_sizes"], fit["rules"][name]["lr"], strict=True):
             assert close(module.lr_for_batch_size(b), lr), b
-        result = FitResult.from_dict(fit)
+        result = FitResult.model_validate(fit)
         low, high = fitted_range(result)
         for b in range(low, high + 1, 7):  # mostly batch sizes never measured
             assert close(module.lr_for_batch_size(b), result.predict(b)), b
@@ -118,7 +118,7 @@ def test_python_module_warns_outside_the_fitted_range_and_refuses_nonsense(store
     path = tmp_path / "rule.py"
     export_fit(fit, "python", path)
     module = import_module(path)
-    low, high = fitted_range(FitResult.from_dict(fit))
+    low, high = fitted_range(FitResult.model_validate(fit))
     for b in (low, high, (low + high) // 2):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -126,7 +126,7 @@ def test_python_module_warns_outside_the_fitted_range_and_refuses_nonsense(store
     for b in (max(1, low // 2), high * 2, high + 1):
         with pytest.warns(module.OutsideFittedRange, match="outside the batch sizes the rule was fitted on"):
             lr = module.lr_for_batch_size(b)
-        assert close(lr, FitResult.from_dict(fit).predict(b))  # still the rule's value
+        assert close(lr, FitResult.model_validate(fit).predict(b))  # still the rule's value
     assert issubclass(module.OutsideFittedRange, UserWarning)
     for bad in (0, -8, math.nan, math.inf):
         with pytest.raises(ValueError, match="batch_size must be a positive number"):
@@ -146,7 +146,7 @@ def test_python_module_for_every_rule_is_exact_plain_and_lint_clean(stored, tmp_
     assert all(len(line) <= 88 for line in text.splitlines())
     assert f"from lr_{rule} import lr_for_batch_size" in text
     module = import_module(path)
-    result = FitResult.from_dict(fit)
+    result = FitResult.model_validate(fit)
     low, high = fitted_range(result)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", module.OutsideFittedRange)

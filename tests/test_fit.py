@@ -86,8 +86,8 @@ def plain(value) -> bool:
 def test_noise_free_power_law_gives_the_exact_exponent(alpha):
     result = fit_study(grid_study(alpha))
     power = result.rules["power"]
-    assert power.params["alpha"] == pytest.approx(alpha, abs=1e-6)
-    low, high = power.stats["alpha_ci"]
+    assert power.alpha == pytest.approx(alpha, abs=1e-6)
+    low, high = power.alpha_ci
     assert low <= alpha <= high
     truth = bench.power_law_truth(alpha)
     for optimum in result.optima:
@@ -117,7 +117,7 @@ def test_a_maximized_metric_finds_the_truth_as_a_minimized_one_does(direction):
     # costs relative to the metric's level, so the two fits are not mirror images to the last digit
     result = fit_study(grid_study(0.5, noise=0.03, direction=direction))
     assert result.direction == direction and result.recommended == "sqrt"
-    low, high = result.rules["power"].stats["alpha_ci"]
+    low, high = result.rules["power"].alpha_ci
     assert low <= 0.5 <= high
     truth = bench.power_law_truth(0.5)
     for optimum in result.optima:
@@ -136,7 +136,7 @@ def test_a_diverged_lr_bounds_the_optimum_from_above():
     for optimum in result.optima:
         assert optimum.lr < 0.01 * optimum.batch_size
         assert optimum.ci[1] <= 0.01 * optimum.batch_size * (1 + 1e-12)
-    assert result.rules["power"].params["alpha"] == pytest.approx(1.0, abs=1e-6)
+    assert result.rules["power"].alpha == pytest.approx(1.0, abs=1e-6)
 
 
 def test_the_optimum_stays_below_a_learning_rate_that_diverged():
@@ -154,11 +154,11 @@ def test_the_optimum_stays_below_a_learning_rate_that_diverged():
 
 
 def test_recommendation_prefers_the_simpler_rule_when_the_data_cannot_tell():
-    from tuner.fit._rules import Rule
+    from tuner.fit._rules import N_PARAMS, Rule
     from tuner.fit._verdict import recommend
 
     def rules(**bic):
-        return {name: Rule(name, {}, {"bic": bic[name]}) for name in ("linear", "sqrt", "power", "saturating")}
+        return {name: Rule(name=name, n_params=N_PARAMS[name], bic=bic[name]) for name in ("linear", "sqrt", "power", "saturating")}
 
     assert recommend(rules(linear=10.0, sqrt=30.0, power=9.0, saturating=12.0)) == "linear"
     assert recommend(rules(linear=10.0, sqrt=30.0, power=7.0, saturating=7.5)) == "power"
@@ -266,8 +266,8 @@ def test_the_noise_is_estimated_from_replicates_and_priced_in_the_costs():
     for optimum in result.optima:
         assert 0.015 < optimum.noise < 0.027
         assert factor(optimum.lr, 1e-3 * optimum.batch_size) < 1.15
-    sqrt = result.rules["sqrt"].stats  # the wrong rule: where measured, its costs come with standard errors
-    measured = [(c, se) for c, se in zip(sqrt["metric_cost"], sqrt["metric_cost_se"]) if c is not None]
+    sqrt = result.rules["sqrt"]  # the wrong rule: where measured, its costs come with standard errors
+    measured = [(c, se) for c, se in zip(sqrt.metric_cost, sqrt.metric_cost_se) if c is not None]
     assert len(measured) >= 2 and all(0 < se < 0.05 for _, se in measured)
     assert max(c for c, _ in measured) > 3 * max(se for _, se in measured)  # it costs, beyond noise
 
@@ -303,7 +303,7 @@ def saturating_study(diverged_from: float) -> optuna.Study:
 def test_a_plateau_above_a_learning_rate_that_diverged_is_flagged():
     result = fit_study(saturating_study(diverged_from=0.05))  # at B=1024: 0.8 ran, 0.8·e^0.1 = 0.88 diverged
     assert result.recommended == "saturating"
-    assert result.rules["saturating"].params["lr_max"] == pytest.approx(1.0, rel=0.1)
+    assert result.rules["saturating"].lr_max == pytest.approx(1.0, rel=0.1)
     [warning] = [w for w in result.warnings if "extrapolation" in w]
     assert "lr=0.884 already diverged at B=1024" in warning
     calm = fit_study(saturating_study(diverged_from=0.2))  # the first divergence, ×1.35 up, is above lr_max
@@ -328,7 +328,7 @@ def test_batch_sizes_of_the_stored_spec_without_trials_are_listed_and_predicted(
     study.set_user_attr("tuner_spec", {"search": {"lr": [1e-5, 10.0], "batch_sizes": [16, 32, 64, 2048]}})
     result = fit_study(study)
     missing = result.optima[-1]
-    assert result.batch_sizes == [16, 32, 64, 2048] and missing.lr is None and missing.n_trials == 0
+    assert result.batch_sizes == (16, 32, 64, 2048) and missing.lr is None and missing.n_trials == 0
     assert result.lr_range == (1e-6, 100.0)  # the trials' distributions were wider than the spec
     assert result.to_dict()["rules"]["linear"]["lr"][-1] == pytest.approx(result.predict(2048, "linear"))
     assert any("B=2048: no complete trial" in w for w in result.warnings)
@@ -337,7 +337,7 @@ def test_batch_sizes_of_the_stored_spec_without_trials_are_listed_and_predicted(
 def test_reference_batch_size_anchors_the_textbook_rules():
     study = grid_study(0.5, sizes=[16, 64, 256])
     result = fit_study(study, reference_batch_size=16)
-    anchored = result.rules["linear"].stats["anchored_lr"]
+    anchored = result.rules["linear"].anchored_lr
     assert anchored[0] == pytest.approx(result.optima[0].lr)
     assert anchored[2] == pytest.approx(16 * result.optima[0].lr)
     assert "Scaled from B=16" in result.verdict
@@ -378,7 +378,7 @@ def test_plain_optuna_study_fits():
     study.optimize(objective, n_trials=200, catch=(RuntimeError,))
     result = fit_study(study)
     assert result.lr_range == (1e-4, 1.0)
-    assert result.batch_sizes == sizes
+    assert result.batch_sizes == tuple(sizes)
     for optimum in result.optima:
         assert factor(optimum.lr, truth(optimum.batch_size)) < 1.3
 
@@ -419,7 +419,7 @@ def test_predict_follows_the_rules_at_any_batch_size(result):
 
 def test_stored_result_reads_back(result):
     data = result.to_dict()
-    again = FitResult.from_dict(json.loads(json.dumps(data)))
+    again = FitResult.model_validate(json.loads(json.dumps(data)))
     assert again.to_dict() == data
     assert again.predict(300) == pytest.approx(result.predict(300))
     assert format_fit(again) == format_fit(result)
@@ -427,10 +427,10 @@ def test_stored_result_reads_back(result):
 
 def test_metric_cost_is_zero_on_the_true_rule_and_no_fitted_rule_crosses_the_cliff():
     result = fit_study(grid_study(0.5, sizes=[16, 64, 256, 1024]))
-    sqrt, linear = result.rules["sqrt"].stats, result.rules["linear"].stats
-    assert max(c for c in sqrt["metric_cost"] if c is not None) < 0.01
+    sqrt, linear = result.rules["sqrt"], result.rules["linear"]
+    assert max(c for c in sqrt.metric_cost if c is not None) < 0.01
     # every rule is fitted to lose the least metric: even the wrong one keeps below the cliff, and pays elsewhere
-    assert not any(linear["diverges"]) and max(c for c in linear["metric_cost"] if c is not None) > 0.1
+    assert not any(linear.diverges) and max(c for c in linear.metric_cost if c is not None) > 0.1
     # scaled from a reference batch size, as people use it, linear scaling overshoots ×4 at B=1024: past the cliff
     assert "the linear rule would over-shoot ×4.0 at B=1024 and diverge" in result.verdict
 
@@ -486,7 +486,7 @@ def test_benchmark_big_study_fits():
     study = bench.big_study(800, optuna.storages.InMemoryStorage())
     result = fit_study(study)
     assert len(result.batch_sizes) == 8
-    assert result.rules["power"].stats["alpha_ci"][0] <= 0.75 <= result.rules["power"].stats["alpha_ci"][1]
+    assert result.rules["power"].alpha_ci[0] <= 0.75 <= result.rules["power"].alpha_ci[1]
 
 
 def test_fitting_leaves_the_garbage_collector_as_it_found_it():

@@ -67,7 +67,7 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         figure = None if output is None else figure_path(output)
         text = to_report(fit, figure_name=None if figure is None else figure.name)
         if figure is not None:
-            save_figure(FitResult.from_dict(fit), figure)
+            save_figure(FitResult.model_validate(fit), figure)
     if output is not None:
         output.write_text(text, encoding="utf-8")
     return text
@@ -99,7 +99,7 @@ def to_python(fit: dict, module_name: str = DEFAULT_MODULE) -> str:
     """A module a user pastes into a training script: ``lr_for_batch_size(batch_size)``, exact to the
     fit's predictions (its parameters written with ``repr``), warning outside the fitted batch range.
     Plain ASCII, lines within 88 columns, clean under ruff's and black's defaults."""
-    result = FitResult.from_dict(fit)
+    result = FitResult.model_validate(fit)
     name = result.recommended
     rule = result.rules[name]
     low, high = fitted_range(result)
@@ -207,8 +207,8 @@ def _expression(name: str, constant: bool, params: dict | None = None) -> str:
 
 def _alternative(result: FitResult, name: str) -> list[str]:
     rule = result.rules[name]
-    bic, lobo = rule.stats.get("bic"), rule.stats.get("lobo_error")
-    scores = [f"BIC {bic:.1f}" if bic is not None else None, f"leave-one-out x{lobo:.2f}" if lobo else None]
+    bic, lobo = rule.bic, rule.lobo_error
+    scores = [f"BIC {bic:.1f}" if math.isfinite(bic) else None, f"leave-one-out x{lobo:.2f}" if lobo else None]
     recommended = ", recommended" if name == result.recommended else ""
     return [f"#   {name} ({', '.join(s for s in scores if s)}{recommended}):",
             f"#       {_expression(name, constant=False, params=rule.params)}"]
@@ -254,7 +254,7 @@ def _timm(result: FitResult, name: str, rule, module: str) -> str:
     note = (" (and no `--lr`: timm then scales lr_base by the global batch size, batch x GPUs x "
             "gradient-accumulation steps, over lr_base_size)")
     if name in (LINEAR, SQRT):
-        return (f"timm: `--lr-base {rule.params['lr_ref']:.6g} --lr-base-size {rule.params['batch_size_ref']:g} "
+        return (f"timm: `--lr-base {rule.lr_ref:.6g} --lr-base-size {rule.batch_size_ref:g} "
                 f"--lr-base-scale {name}`{note}: exactly this rule.")
     scale, anchor, lr, (lo, hi), worst = nearest_scaled_rule(result, (LINEAR, SQRT))
     flags = f"`--lr-base {lr:.6g} --lr-base-size {anchor} --lr-base-scale {scale}`"
@@ -271,8 +271,8 @@ def _mmengine(result: FitResult, name: str, rule, module: str) -> str:
     note = ("; MMEngine scales the optimizer's lr by the real batch size (GPUs x per-GPU batch, "
             "not counting gradient accumulation) over base_batch_size")
     if name == LINEAR:
-        return (f"MMEngine: `auto_scale_lr = dict(enable=True, base_batch_size={rule.params['batch_size_ref']:g})` "
-                f"with `optim_wrapper = dict(optimizer=dict(lr={rule.params['lr_ref']:.6g}, ...))`{note}: "
+        return (f"MMEngine: `auto_scale_lr = dict(enable=True, base_batch_size={rule.batch_size_ref:g})` "
+                f"with `optim_wrapper = dict(optimizer=dict(lr={rule.lr_ref:.6g}, ...))`{note}: "
                 "exactly this rule.")
     _, anchor, lr, (lo, hi), worst = nearest_scaled_rule(result, (LINEAR,))
     config = f"`auto_scale_lr = dict(enable=True, base_batch_size={anchor})` with the optimizer's `lr={lr:.6g}`"
@@ -287,9 +287,9 @@ def _mmengine(result: FitResult, name: str, rule, module: str) -> str:
 
 def _describe(name: str, rule) -> str:
     if name == POWER:
-        return f"power law (α={rule.params['alpha']:.2f})"
+        return f"power law (α={rule.alpha:.2f})"
     if name == SATURATING:
-        return f"saturating rule (B_noise≈{_size(rule.params['b_noise'])})"
+        return f"saturating rule (B_noise≈{_size(rule.b_noise)})"
     return RULE_LABELS[name]
 
 
@@ -349,7 +349,7 @@ def figure_path(report: Path) -> Path:
 
 def to_report(fit: dict, figure_name: str | None = None) -> str:
     """The markdown report; ``figure_name``: the PNG beside it to link, None for none (stdout)."""
-    result = FitResult.from_dict(fit)
+    result = FitResult.model_validate(fit)
     low, high = fitted_range(result)
     n_trials = sum(o.n_trials for o in result.optima)
     study = shlex.quote(result.study)
@@ -412,7 +412,7 @@ def save_figure(result: FitResult, path: Path) -> None:
                 linestyle="-" if best else ":",
                 label=f"{name}{' (recommended)' if best else ''}: {rule.formula(digits=3)}")
     for name in (LINEAR, SQRT):
-        scaled = result.rules[name].stats.get("anchored_lr")
+        scaled = result.rules[name].anchored_lr
         if scaled:
             ax.plot(result.batch_sizes, scaled, color=RULE_COLORS[name], linestyle="--", linewidth=1,
                     label=f"{name} rule scaled from B={result.reference_batch_size}")

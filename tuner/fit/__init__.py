@@ -8,7 +8,7 @@ linear and square-root rules.
     save_fit(study, result)         # user attr "lr_batch_fit", a note and a figure for optuna-dashboard
     result.predict(768)             # the recommended rule's learning rate at any batch size
 
-``load_fit(study)`` reads a stored fit back (``FitResult.from_dict``); docs/design.md gives its schema.
+``load_fit(study)`` reads a stored fit back (``FitResult.model_validate``); docs/design.md gives its schema.
 """
 from tuner.fit._optimum import BatchOptimum
 from tuner.fit._report import format_fit, make_figure, to_markdown

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from pydantic import Field
 from scipy.special import chdtri, fdtri
 
 from tuner.fit._data import BatchTrials
+from tuner.fit._model import Frozen
 
 MIN_COMPLETE = 3        # a quadratic needs three learning rates
 FEW_COMPLETE = 5        # below this the interval is rough: flagged
@@ -159,26 +161,27 @@ class Valley:
         return max(0.0, here[0] - best[0]), math.hypot(here[1], best[1])
 
 
-@dataclass(frozen=True)
-class BatchOptimum:
+class BatchOptimum(Frozen):
+    """The optimal learning rate at one batch size, what the trials there say of it, and how sure it is."""
+
     batch_size: int
-    lr: float | None
-    ci: tuple[float, float] | None
+    lr: float | None          # the learning rate to use (None: no complete trial)
+    ci: tuple[float, float] | None  # 95% interval of the valley's bottom
     n_trials: int
     n_complete: int
-    n_pruned: int
-    n_diverged: int
-    best_lr: float | None     # the best complete trial (the best mean, where learning rates were repeated)
-    best_value: float | None
-    flags: tuple[str, ...]
-    method: str               # "local-quadratic", "smoothed", "best-trial" or "none"
+    n_pruned: int = 0
+    n_diverged: int = 0
+    best_lr: float | None = None     # the best complete trial (the best mean, where learning rates were repeated)
+    best_value: float | None = None
+    flags: tuple[str, ...] = ()
+    method: str = ""          # QUADRATIC, BEST_TRIALS, BEST_TRIAL or NONE
     noise: float | None = None  # standard deviation of one run's final metric, estimated
     vertex: float | None = None  # where the valley's bottom is; ``lr`` is the learning rate to use, which
     # approaches an uncertain bottom from the valley's gentle side
     # where the optimum can lie, given the trials: at most halfway to the learning rates either side of
     # the best that did clearly worse, below a divergence, not far beyond the trials; None: unbounded
     bracket: tuple[float | None, float | None] | None = None
-    valley: Valley | None = None
+    valley: Valley | None = Field(None, exclude=True)  # the trials' valley, for costs; not stored
 
     @property
     def usable(self) -> bool:
@@ -197,14 +200,6 @@ class BatchOptimum:
         """Standard errors of the valley's bottom (log) below and above it, from the 95% interval."""
         assert self.ci is not None and self.vertex is not None
         return (math.log(self.vertex / self.ci[0]) / Z95, math.log(self.ci[1] / self.vertex) / Z95)
-
-    def to_dict(self) -> dict:
-        return {"batch_size": self.batch_size, "lr": self.lr,
-                "ci": list(self.ci) if self.ci else None, "n_trials": self.n_trials,
-                "n_complete": self.n_complete, "n_pruned": self.n_pruned, "n_diverged": self.n_diverged,
-                "best_lr": self.best_lr, "best_value": self.best_value,
-                "flags": list(self.flags), "method": self.method, "noise": self.noise, "vertex": self.vertex,
-                "bracket": list(self.bracket) if self.bracket else None}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import numpy as np
 
 from tuner.fit._optimum import BEST_TRIAL, BEST_TRIALS
 from tuner.fit._result import FitResult
-from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT
+from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT, Rule
 
 METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits them)",
                 BEST_TRIAL: "the best trial (too few for a valley)"}
@@ -70,7 +70,7 @@ def make_figure(result: FitResult):
             line={"color": RULE_COLORS[name], "width": 3 if best else 1.5, "dash": "solid" if best else "dot"}))
     for name in (LINEAR, SQRT):
         figure.add_trace(go.Scatter(
-            x=result.batch_sizes, y=result.rules[name].stats["anchored_lr"], mode="lines",
+            x=result.batch_sizes, y=result.rules[name].anchored_lr, mode="lines",
             name=f"{name} from B={result.reference_batch_size}",
             line={"color": RULE_COLORS[name], "dash": "dash"}))
     critical = result.critical_batch_size
@@ -100,20 +100,18 @@ def _rule_rows(result: FitResult) -> list[list[str]]:
     rows = [["rule", "formula", "BIC", "AIC", "leave-one-out", "worst miss", "notes"]]
     for name in RULE_NAMES:
         rule = result.rules[name]
-        stats = rule.stats
-        lobo = stats.get("lobo_error")
-        rows.append([name + ("*" if name == result.recommended else ""), rule.formula(), f"{stats['bic']:.1f}",
-                     f"{stats['aic']:.1f}", f"×{lobo:.2f}" if lobo else "-", f"×{stats['max_factor']:.2f}",
-                     _rule_note(name, stats)])
+        rows.append([name + ("*" if name == result.recommended else ""), rule.formula(), f"{rule.bic:.1f}",
+                     f"{rule.aic:.1f}", f"×{rule.lobo_error:.2f}" if rule.lobo_error else "-",
+                     f"×{rule.max_factor:.2f}", _rule_note(rule)])
     return rows
 
 
-def _rule_note(name: str, stats: dict) -> str:
-    if name == "power":
-        low, high = stats["alpha_ci"]
+def _rule_note(rule: Rule) -> str:
+    if rule.alpha_ci:
+        low, high = rule.alpha_ci
         return f"α 95% CI {low:.2f} to {high:.2f}"
-    if name == SATURATING:
-        low, high = stats["b_noise_ci"]
+    if rule.b_noise_ci:
+        low, high = rule.b_noise_ci
         return f"B_noise 95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
     return ""
 
@@ -122,7 +120,7 @@ def _cost_rows(result: FitResult) -> list[list[str]]:
     rows = [["batch", *(n + ("*" if n == result.recommended else "") for n in RULE_NAMES)]]
     decimals = _decimals([o.best_value for o in result.optima if o.best_value is not None])
     for i, b in enumerate(result.batch_sizes):
-        rows.append([str(b)] + [_cost(result.rules[n].stats, i, decimals) for n in RULE_NAMES])
+        rows.append([str(b)] + [_cost(result.rules[n], i, decimals) for n in RULE_NAMES])
     return rows
 
 
@@ -132,10 +130,10 @@ def _decimals(values: list[float]) -> int:
     return max(0, 2 - math.floor(math.log10(scale))) if scale > 0 else 3
 
 
-def _cost(stats: dict, i: int, decimals: int) -> str:
-    if stats["diverges"][i]:
+def _cost(rule: Rule, i: int, decimals: int) -> str:
+    if rule.diverges[i]:
         return "diverges"
-    cost, se = stats["metric_cost"][i], (stats.get("metric_cost_se") or [None] * (i + 1))[i]
+    cost, se = rule.metric_cost[i], rule.metric_cost_se[i] if rule.metric_cost_se else None
     if cost is None:
         return "-"
     return f"+{cost:.{decimals}f}" + (f" ± {se:.{decimals}f}" if se else "")

@@ -1,15 +1,18 @@
 """``fit_study``: from a study's trials to a ``FitResult`` (per-batch optima, rules, verdict)."""
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import optuna
+from pydantic import Field, computed_field, model_validator
 
 from tuner.errors import InputError
 from tuner.fit._data import read_study
+from tuner.fit._model import Frozen, Real
 from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
@@ -23,8 +26,8 @@ from tuner.fit._optimum import (
 )
 from tuner.fit._rules import LINEAR, SATURATING, SQRT, Optima, Rule, fit_rules
 from tuner.fit._verdict import (
-    add_costs,
     anchored,
+    following,
     plateau_warnings,
     recommend,
     regimes,
@@ -37,13 +40,13 @@ DIVERGES = 1e6       # a learning rate that diverged costs this many times the t
 SIGMA_FLOOR = 0.03    # no optimum is known better than ×1.03: keeps one lucky interval from ruling the fit
 
 
-@dataclass
-class FitResult:
+class FitResult(Frozen):
     """The learning rate as a function of batch size, learned from a study.
 
-    ``to_dict()`` is what ``save_fit`` stores as ``study.user_attrs["lr_batch_fit"]`` (plain JSON);
-    ``FitResult.from_dict`` reads it back. ``predict(batch_size)`` gives the recommended rule's LR
-    at any batch size, measured or not::
+    ``to_dict()`` is what ``save_fit`` stores as ``study.user_attrs["lr_batch_fit"]`` (plain JSON, the
+    schema of docs/design.md); ``FitResult.model_validate`` reads it back, also as stored by earlier
+    versions. ``predict(batch_size)`` gives the recommended rule's LR at any batch size, measured or
+    not::
 
         result = fit_study(study)
         print(result.verdict)
@@ -52,17 +55,17 @@ class FitResult:
     """
 
     study: str
-    direction: str
-    batch_sizes: list[int]
-    optima: list[BatchOptimum]
+    direction: Literal["minimize", "maximize"]
+    batch_sizes: tuple[int, ...]
+    optima: tuple[BatchOptimum, ...] = Field(alias="optimal_lr")
     rules: dict[str, Rule]
     recommended: str
     reference_batch_size: int
-    verdict: str
-    warnings: list[str]
-    lr_range: tuple[float, float]
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    version: str = ""
+    verdict: str = ""
+    warnings: tuple[str, ...] = ()
+    lr_range: tuple[Real, Real] = (math.nan, math.nan)
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    version: str = Field("", alias="tuner_version")
 
     def predict(self, batch_size: float, rule: str | None = None) -> float:
         """The learning rate ``rule`` (default: the recommended one) gives at ``batch_size``."""
@@ -73,42 +76,38 @@ class FitResult:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         return float(self.rules[name].predict(batch_size))
 
+    @computed_field
     @property
     def critical_batch_size(self) -> float:
         """B_noise of the saturating rule: where linear scaling stops holding."""
-        return self.rules[SATURATING].params["b_noise"]
+        return self.rules[SATURATING].b_noise
+
+    @computed_field
+    @property
+    def linear_up_to(self) -> float:
+        """Below this batch size the saturating rule is within the verdict's TOLERANCE of linear scaling."""
+        return regimes(self.rules[SATURATING])[0]
+
+    @computed_field
+    @property
+    def flat_from(self) -> float:
+        """Above this batch size the saturating rule is within the verdict's TOLERANCE of its plateau."""
+        return regimes(self.rules[SATURATING])[1]
 
     def to_dict(self) -> dict:
-        linear_to, flat_from = regimes(self.rules[SATURATING])
-        return _plain({
-            "study": self.study, "direction": self.direction, "batch_sizes": self.batch_sizes,
-            "optimal_lr": [o.to_dict() for o in self.optima],
-            "rules": {name: _rule_dict(rule, self.batch_sizes) for name, rule in self.rules.items()},
-            "recommended": self.recommended,
-            "verdict": self.verdict, "warnings": self.warnings,
-            "critical_batch_size": self.critical_batch_size,
-            "linear_up_to": linear_to, "flat_from": flat_from,
-            "reference_batch_size": self.reference_batch_size,
-            "lr_range": list(self.lr_range), "created": self.created, "tuner_version": self.version,
-        })
+        """Plain JSON, as stored (non-finite numbers as null)."""
+        return json.loads(self.model_dump_json(by_alias=True))
 
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, data: dict) -> FitResult:
-        """A stored result read back (per-batch valleys are not stored, so metric costs are what was saved)."""
-        rules = {name: _rule_from_dict(name, d) for name, d in data["rules"].items()}
-        optima = [BatchOptimum(
-            batch_size=r["batch_size"], lr=r["lr"], ci=tuple(r["ci"]) if r.get("ci") else None,
-            n_trials=r["n_trials"], n_complete=r.get("n_complete", r["n_trials"]),
-            n_pruned=r.get("n_pruned", 0), n_diverged=r.get("n_diverged", 0), best_lr=r.get("best_lr"),
-            best_value=r.get("best_value"), flags=tuple(r.get("flags", ())), method=r.get("method", ""),
-            noise=r.get("noise"), vertex=r.get("vertex"), bracket=tuple(r["bracket"]) if r.get("bracket") else None,
-        ) for r in data["optimal_lr"]]
-        return cls(study=data["study"], direction=data["direction"], batch_sizes=list(data["batch_sizes"]),
-                   optima=optima, rules=rules, recommended=data["recommended"],
-                   reference_batch_size=data.get("reference_batch_size", data["batch_sizes"][0]),
-                   verdict=data.get("verdict", ""), warnings=list(data.get("warnings", [])),
-                   lr_range=tuple(data.get("lr_range", (math.nan, math.nan))),
-                   created=data.get("created", ""), version=data.get("tuner_version", ""))
+    def _stored(cls, data):
+        """A stored fit keys its rules by name; fits stored before ``reference_batch_size`` scaled
+        from the smallest batch size."""
+        if isinstance(data, dict) and isinstance(data.get("rules"), dict):
+            rules = {name: {**rule, "name": name} if isinstance(rule, dict) else rule
+                     for name, rule in data["rules"].items()}
+            data = {"reference_batch_size": data["batch_sizes"][0], **data, "rules": rules}
+        return data
 
 
 def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, seed: int = 0) -> FitResult:
@@ -133,16 +132,15 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     data = read_study(study)
     rng = np.random.default_rng(seed)
     optima = estimate_optima(data.batches, data.maximize, data.lr_range, rng)
-    optima = [replace(o, flags=(OUT_OF_MEMORY, *o.flags)) if o.batch_size in data.infeasible else o for o in optima]
+    optima = [o.model_copy(update={"flags": (OUT_OF_MEMORY, *o.flags)}) if o.batch_size in data.infeasible else o
+              for o in optima]
     usable = [o for o in optima if o.usable]
     if len(usable) < MIN_BATCH_SIZES:
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    rules = fit_rules([o.batch_size for o in usable], _optima(usable), reference.batch_size)
-    add_costs(rules, optima)
-    for name in (LINEAR, SQRT):
-        rules[name].stats["anchored_lr"] = anchored(name, reference, batch_sizes)
+    fits = fit_rules(_optima(usable), reference.batch_size)
+    rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
     return FitResult(
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
@@ -150,6 +148,13 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         verdict=write_verdict(rules, recommended, optima, reference),
         warnings=warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima),
         lr_range=data.lr_range, version=__version__)
+
+
+def _rule(fit: dict, optima: list[BatchOptimum], reference: BatchOptimum) -> Rule:
+    """A fitted rule whole: its fit, and what following it gives at every batch size measured."""
+    batch_sizes = [o.batch_size for o in optima]
+    scaled = anchored(fit["name"], reference, batch_sizes) if fit["name"] in (LINEAR, SQRT) else None
+    return Rule(**fit, **following(Rule(**fit), optima), anchored_lr=scaled)
 
 
 def _optima(usable: list[BatchOptimum]) -> Optima:
@@ -224,31 +229,3 @@ def _not_enough(name: str, optima: list[BatchOptimum]) -> str:
     have = f"only at B={', '.join(usable)}" if usable else "at none"
     return (f"study '{name}': fitting a rule needs the optimal LR at {MIN_BATCH_SIZES} or more batch sizes, "
             f"found it {have}" + (f"; {'; '.join(reasons)}" if reasons else ""))
-
-
-def _rule_dict(rule: Rule, batch_sizes: list[int]) -> dict:
-    stats = dict(rule.stats)
-    stats.pop("n_params", None)
-    return {**rule.params, **stats, "formula": rule.formula(),
-            "lr": [float(v) for v in np.atleast_1d(rule.predict(batch_sizes))], "n_params": rule.stats["n_params"]}
-
-
-def _rule_from_dict(name: str, data: dict) -> Rule:
-    keys = ("lr_max", "b_noise") if name == SATURATING else ("alpha", "lr_ref", "batch_size_ref")
-    params = {k: data[k] for k in keys}
-    return Rule(name, params, {k: v for k, v in data.items() if k not in keys and k not in ("lr", "formula")})
-
-
-def _plain(value):
-    """JSON-ready: numpy scalars to Python numbers, tuples to lists, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value

@@ -17,13 +17,16 @@ in the metric's own units.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field, model_serializer
 from scipy.optimize import least_squares
 
 # F and Student's t quantiles from scipy.special: scipy.stats takes half a second to import
 from scipy.special import fdtri, stdtrit
+
+from tuner.fit._model import Frozen, Real
 
 LINEAR, SQRT, POWER, SATURATING = "linear", "sqrt", "power", "saturating"
 RULE_NAMES = (LINEAR, SQRT, POWER, SATURATING)
@@ -36,30 +39,59 @@ PRIOR_DOF = 1  # see _variance_scale
 OUTSIDE = 0.01  # a rule ×1.01 beyond where a batch size's trials allow its optimum misses by a spread
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A fitted rule: its parameters, what it predicts, and how it compares (``stats``)."""
+class Rule(Frozen):
+    """A fitted rule: its parameters, how it compares with the others, and what following it gives and
+    costs at each batch size measured (the study's ``batch_sizes``, in order).
 
-    name: str
-    params: dict[str, float]
-    stats: dict = field(default_factory=dict)  # chi2, aic, bic, lobo, intervals, metric costs
+    The power-law family (linear, square-root, power) has ``alpha``, ``lr_ref`` and ``batch_size_ref``;
+    the saturating rule ``lr_max`` and ``b_noise``. Stored, a rule is these fields (those that are set)
+    and its ``formula``; the study's fit keys it by name.
+    """
+
+    name: str = Field(exclude=True)
+    alpha: float | None = None
+    lr_ref: float | None = None
+    batch_size_ref: int | None = None
+    lr_max: float | None = None
+    b_noise: float | None = None
+    n_params: int
+    chi2: Real = math.nan
+    aic: Real = math.nan
+    bic: Real = math.nan
+    lobo_error: float | None = None  # leave-one-batch-size-out: typical factor it misses by
+    alpha_ci: tuple[float, float] | None = None           # power law: 95% interval of the exponent
+    b_noise_ci: tuple[float | None, float | None] | None = None  # saturating: 95%; None: unbounded
+    lr: tuple[float, ...] = ()                    # the learning rate it gives
+    metric_cost: tuple[float | None, ...] = ()    # how much worse the metric ends (None: not measured)
+    metric_cost_se: tuple[float | None, ...] = ()
+    diverges: tuple[bool, ...] = ()               # its learning rate is one that diverged
+    max_factor: Real = math.nan                   # the largest factor between it and a measured optimum
+    anchored_lr: tuple[float, ...] | None = None  # linear, sqrt: scaled from the reference batch size
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The rule's parameters by name."""
+        names = ("lr_max", "b_noise") if self.name == SATURATING else ("alpha", "lr_ref", "batch_size_ref")
+        return {name: getattr(self, name) for name in names}
 
     def predict(self, batch_size) -> np.ndarray | float:
         b = np.asarray(batch_size, dtype=float)
-        p = self.params
         if self.name == SATURATING:
-            lr = p["lr_max"] / (1.0 + p["b_noise"] / b)
+            lr = self.lr_max / (1.0 + self.b_noise / b)
         else:
-            lr = p["lr_ref"] * (b / p["batch_size_ref"]) ** p["alpha"]
+            lr = self.lr_ref * (b / self.batch_size_ref) ** self.alpha
         return float(lr) if np.ndim(lr) == 0 else lr
 
     def formula(self, digits: int = 4) -> str:
         """The rule as code: ``lr = 0.31 * (B / 64) ** 0.74``, ``lr = 1.9 / (1 + 150 / B)``."""
-        p = self.params
         if self.name == SATURATING:
-            return f"lr = {p['lr_max']:.{digits}g} / (1 + {p['b_noise']:.{digits}g} / B)"
-        exponent = "" if p["alpha"] == 1.0 else f" ** {p['alpha']:.3g}"
-        return f"lr = {p['lr_ref']:.{digits}g} * (B / {p['batch_size_ref']:g}){exponent}"
+            return f"lr = {self.lr_max:.{digits}g} / (1 + {self.b_noise:.{digits}g} / B)"
+        exponent = "" if self.alpha == 1.0 else f" ** {self.alpha:.3g}"
+        return f"lr = {self.lr_ref:.{digits}g} * (B / {self.batch_size_ref:g}){exponent}"
+
+    @model_serializer(mode="wrap")
+    def _stored(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None} | {"formula": self.formula()}
 
 
 def log_model(name: str, theta: np.ndarray, log_b: np.ndarray, log_ref: float) -> np.ndarray:
@@ -172,29 +204,29 @@ def _best_level(log_b_noise, log_b, y, sigma) -> float:
     return float(np.sum(w * (y - shape)) / np.sum(w))
 
 
-def to_rule(name: str, theta: np.ndarray, reference: int) -> Rule:
+def parameters(name: str, theta: np.ndarray, reference: int) -> dict[str, float]:
+    """A rule's parameters by name, from the log-space ``theta`` the fits use."""
     if name == SATURATING:
-        return Rule(name, {"lr_max": float(math.exp(theta[0])), "b_noise": float(math.exp(theta[1]))})
+        return {"lr_max": float(math.exp(theta[0])), "b_noise": float(math.exp(theta[1]))}
     alpha = FIXED_ALPHA.get(name, float(theta[-1]))
-    return Rule(name, {"alpha": float(alpha), "lr_ref": float(math.exp(theta[0])), "batch_size_ref": reference})
+    return {"alpha": float(alpha), "lr_ref": float(math.exp(theta[0])), "batch_size_ref": reference}
 
 
-def fit_rules(batch_sizes: list[int], data: Optima, reference: int) -> dict[str, Rule]:
-    """Every rule fitted to the per-batch optima, with its comparison statistics."""
+def fit_rules(data: Optima, reference: int) -> dict[str, dict]:
+    """Every rule fitted to the per-batch optima: its parameters and comparison statistics (the
+    fields of ``Rule`` that do not depend on the batch sizes left out of the fit)."""
     log_ref = math.log(reference)
+    intervals = {POWER: {"alpha_ci": _alpha_interval(data.log_b, data.y, data.sigma)},
+                 SATURATING: {"b_noise_ci": _b_noise_interval(data.log_b, data.y, data.sigma)}}
     rules = {}
     for name in RULE_NAMES:
-        theta = fit_theta(name, data, log_ref)
         # compared where each rule fits the optima best (its likelihood's maximum), not at the
         # parameters that lose the least metric: those would favour the rule with most freedom
         chi2 = float(np.sum(misfit(name, _fit_misfit(name, data, log_ref), data, log_ref) ** 2))
         k, n = N_PARAMS[name], len(data.y)
-        stats = {"n_params": k, "chi2": chi2, "aic": chi2 + 2 * k, "bic": chi2 + k * math.log(n),
-                 "lobo_error": _leave_one_out(name, data, log_ref)}
-        rules[name] = to_rule(name, theta, reference)
-        rules[name].stats.update(stats)
-    rules[POWER].stats["alpha_ci"] = _alpha_interval(data.log_b, data.y, data.sigma)
-    rules[SATURATING].stats["b_noise_ci"] = _b_noise_interval(data.log_b, data.y, data.sigma)
+        rules[name] = {**parameters(name, fit_theta(name, data, log_ref), reference),
+                       "name": name, "n_params": k, "chi2": chi2, "aic": chi2 + 2 * k, "bic": chi2 + k * math.log(n),
+                       "lobo_error": _leave_one_out(name, data, log_ref), **intervals.get(name, {})}
     return rules
 
 

@@ -33,4 +33,4 @@ def rule_line(result: FitResult) -> str:
 def load_fit(study: optuna.Study) -> FitResult | None:
     """The fit stored in ``study``, or None when it has not been fitted."""
     stored = study.user_attrs.get(FIT_ATTR)
-    return None if stored is None else FitResult.from_dict(stored)
+    return None if stored is None else FitResult.model_validate(stored)

@@ -32,38 +32,35 @@ def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) 
     """Among the rules the data cannot tell apart (within BIC_TIE of the best), those that lose about
     the least metric at their worst batch size measured (within TOLERATED of it, or twice it); of
     those the one with the fewest parameters; then the lowest BIC. Without ``optima``, no costs."""
-    best = min(rule.stats["bic"] for rule in rules.values())
-    close = [name for name in RULE_NAMES if rules[name].stats["bic"] <= best + BIC_TIE]
+    best = min(rule.bic for rule in rules.values())
+    close = [name for name in RULE_NAMES if rules[name].bic <= best + BIC_TIE]
     worst = {name: _worst_cost(rules[name], optima) for name in close}
     least = min(worst.values())
     cheap = [name for name in close if worst[name] <= max(least + TOLERATED, 2 * least)]
-    return min(cheap, key=lambda name: (N_PARAMS[name], rules[name].stats["bic"]))
+    return min(cheap, key=lambda name: (N_PARAMS[name], rules[name].bic))
 
 
 def _worst_cost(rule: Rule, optima: list[BatchOptimum] | None) -> float:
     """What following the rule costs at its worst batch size measured, as a share of the metric there
     (inf where it diverges; 0 without costs)."""
-    if optima is None or "metric_cost" not in rule.stats:
+    if optima is None:
         return 0.0
-    if any(rule.stats["diverges"]):
+    if any(rule.diverges):
         return math.inf
-    return max((cost / abs(o.best_value) for cost, o in zip(rule.stats["metric_cost"], optima)
+    return max((cost / abs(o.best_value) for cost, o in zip(rule.metric_cost, optima)
                 if cost is not None and o.best_value), default=0.0)
 
 
-def add_costs(rules: dict[str, Rule], optima: list[BatchOptimum]) -> None:
-    """Per batch size, for each rule: how much worse the metric ends following it than at the
-    optimum (metric units; None where not measured), whether its LR is one that diverged, and the
-    largest factor between it and a measured optimum."""
-    batch_sizes = [o.batch_size for o in optima]
-    for rule in rules.values():
-        lrs = np.atleast_1d(rule.predict(batch_sizes))
-        costs = [o.valley.worse_by(float(lr)) if o.valley is not None else None for o, lr in zip(optima, lrs)]
-        rule.stats.update(
-            metric_cost=[None if c is None or c[0] == math.inf else c[0] for c in costs],
-            metric_cost_se=[None if c is None or c[0] == math.inf else c[1] for c in costs],
-            diverges=[c is not None and c[0] == math.inf for c in costs],
-            max_factor=max(_factor(float(lr), o.lr) for o, lr in zip(optima, lrs) if o.usable))
+def following(rule: Rule, optima: list[BatchOptimum]) -> dict:
+    """Per batch size, what following ``rule`` gives: its learning rate, how much worse the metric ends
+    than at the optimum (metric units, with a standard error; None where not measured), whether its
+    LR is one that diverged; and the largest factor between it and a measured optimum."""
+    lrs = [float(lr) for lr in np.atleast_1d(rule.predict([o.batch_size for o in optima]))]
+    costs = [o.valley.worse_by(lr) if o.valley is not None else None for o, lr in zip(optima, lrs)]
+    measured = [None if c is None or c[0] == math.inf else c for c in costs]
+    return {"lr": lrs, "metric_cost": [c and c[0] for c in measured], "metric_cost_se": [c and c[1] for c in measured],
+            "diverges": [c is not None and c[0] == math.inf for c in costs],
+            "max_factor": max(_factor(lr, o.lr) for o, lr in zip(optima, lrs) if o.usable)}
 
 
 def anchored(rule_name: str, reference: BatchOptimum, batch_sizes: list[int]) -> list[float]:
@@ -75,7 +72,7 @@ def anchored(rule_name: str, reference: BatchOptimum, batch_sizes: list[int]) ->
 def regimes(rule: Rule) -> tuple[float, float]:
     """Batch sizes below which the saturating rule is within TOLERANCE of linear scaling, and above
     which it is within TOLERANCE of its plateau lr_max."""
-    b_noise = rule.params["b_noise"]
+    b_noise = rule.b_noise
     return b_noise * (TOLERANCE - 1.0), b_noise / (TOLERANCE - 1.0)
 
 
@@ -84,7 +81,7 @@ def write_verdict(rules: dict[str, Rule], recommended: str, optima: list[BatchOp
     rule = rules[recommended]
     batch_sizes = [o.batch_size for o in optima]
     rivals = [name for name in RULE_NAMES if name != recommended
-              and rules[name].stats["bic"] <= rule.stats["bic"] + BIC_TIE]
+              and rules[name].bic <= rule.bic + BIC_TIE]
     parts = [f"Use the {RULE_LABELS[recommended]}: {rule.formula(digits=3)}."]
     if recommended == SATURATING:
         parts.append(_saturation(rule, rules[POWER], batch_sizes, power_is_rival=POWER in rivals))
@@ -105,9 +102,9 @@ def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival:
     beyond = " (beyond the batch sizes measured)"
     text = (f"Linear scaling holds (within ×{TOLERANCE:g}) up to B≈{_size(linear_to)}"
             f"{beyond if linear_to < batch_sizes[0] else ''}; from B≈{_size(flat_from)}"
-            f"{beyond if flat_from > batch_sizes[-1] else ''} the optimum is flat at lr≈{rule.params['lr_max']:.3g}; "
-            f"the critical batch size is B≈{_size(rule.params['b_noise'])} ({_b_noise_ci(rule)}).")
-    alpha = power.params["alpha"]
+            f"{beyond if flat_from > batch_sizes[-1] else ''} the optimum is flat at lr≈{rule.lr_max:.3g}; "
+            f"the critical batch size is B≈{_size(rule.b_noise)} ({_b_noise_ci(rule)}).")
+    alpha = power.alpha
     if 0.0 < alpha < 1.0 and not power_is_rival:
         text += (f" A single power law would give α={alpha:.2f} across B={batch_sizes[0]}…{batch_sizes[-1]}: "
                  "the in-between slope of a curve that bends, not evidence for the square-root rule.")
@@ -116,33 +113,31 @@ def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival:
 
 def _rival(rival: Rule, chosen: Rule) -> str:
     """A rule the data cannot tell from the recommended one."""
-    low, high = rival.stats.get("alpha_ci", (None, None))
-    extra = f" (α 95% CI {low:.2f} to {high:.2f})" if rival.name == POWER else ""
-    return (f"The {RULE_LABELS[rival.name]} fits about as well (BIC {rival.stats['bic']:.1f} against "
-            f"{chosen.stats['bic']:.1f}): {rival.formula(digits=3)}{extra}; more batch sizes or trials "
+    extra = f" (α 95% CI {rival.alpha_ci[0]:.2f} to {rival.alpha_ci[1]:.2f})" if rival.alpha_ci else ""
+    return (f"The {RULE_LABELS[rival.name]} fits about as well (BIC {rival.bic:.1f} against "
+            f"{chosen.bic:.1f}): {rival.formula(digits=3)}{extra}; more batch sizes or trials "
             "would tell them apart.")
 
 
 def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
-    alpha, (low, high) = power.params["alpha"], power.stats["alpha_ci"]
+    alpha, (low, high) = power.alpha, power.alpha_ci
     agree = [label for label, a in (("the linear rule", 1.0), ("the square-root rule", 0.5),
                                     ("a learning rate that does not depend on the batch size", 0.0))
              if low <= a <= high]
     text = (f"The fitted exponent is α={alpha:.2f} (95% CI {low:.2f} to {high:.2f}): "
             + (f"consistent with {' and with '.join(agree)}." if agree
                else "neither linear (α=1) nor square-root (α=0.5) scaling."))
-    floor = saturating.stats["b_noise_ci"][0]
+    floor = saturating.b_noise_ci[0]
     if recommended == LINEAR and floor is not None:
         text += f" No saturation is seen: the critical batch size is above B≈{_size(floor)} (95%)."
     return text
 
 
 def _cost(rule: Rule, batch_sizes: list[int]) -> str:
-    stats = rule.stats
-    costs = [(c, se or 0.0, b) for c, se, b in zip(stats["metric_cost"], stats["metric_cost_se"], batch_sizes)
-             if c is not None]
-    if any(stats["diverges"]):
-        where = [str(b) for b, d in zip(batch_sizes, stats["diverges"]) if d]
+    errors = rule.metric_cost_se or [None] * len(rule.metric_cost)  # fits stored by earlier versions have none
+    costs = [(c, se or 0.0, b) for c, se, b in zip(rule.metric_cost, errors, batch_sizes) if c is not None]
+    if any(rule.diverges):
+        where = [str(b) for b, d in zip(batch_sizes, rule.diverges) if d]
         return f"Careful: at B={', '.join(where)} its learning rate is one that diverged."
     if not costs:
         return ""
@@ -208,15 +203,15 @@ def plateau_warnings(rule: Rule, optima: list[BatchOptimum]) -> list[str]:
     if rule.name != SATURATING or not cliffs:
         return []
     batch_size, cliff = max(cliffs)
-    if rule.params["lr_max"] < cliff:
+    if rule.lr_max < cliff:
         return []
-    return [f"The plateau lr_max={rule.params['lr_max']:.3g} is an extrapolation: lr={cliff:.3g} already "
+    return [f"The plateau lr_max={rule.lr_max:.3g} is an extrapolation: lr={cliff:.3g} already "
             f"diverged at B={batch_size}. Above the batch sizes measured, keep the learning rate below "
             f"{cliff:.3g}."]
 
 
 def _b_noise_ci(rule: Rule) -> str:
-    low, high = rule.stats["b_noise_ci"]
+    low, high = rule.b_noise_ci
     return f"95% CI {_size(low) if low else '0'} to {_size(high) if high else '∞'}"
 
 
