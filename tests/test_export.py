@@ -19,8 +19,8 @@ import yaml
 from conftest import spec_dict, tuner
 
 from tuner.errors import InputError
-from tuner.export import FORMATS, export_fit, figure_path, fitted_range
-from tuner.fit import FIT_ATTR, RULE_NAMES, FitResult, fit_study, save_fit
+from tuner.export import FORMATS, export_fit, figure_path
+from tuner.fit import FIT_ATTR, RULE_NAMES, FitResult, fit_study, fitted_range, save_fit
 from tuner.runner import open_study, run_study
 from tuner.spec import load_spec, parse_spec
 from tuner.storage import open_storage

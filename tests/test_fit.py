@@ -24,6 +24,7 @@ from tuner.fit import (
     save_fit,
     to_markdown,
 )
+from tuner.fit._figure import MISSING_COLOR, png_figure
 from tuner.fit._optimum import NO_SIGNAL
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_accuracy.py"
@@ -158,7 +159,7 @@ def test_recommendation_prefers_the_simpler_rule_when_the_data_cannot_tell():
     from tuner.fit._verdict import recommend
 
     def rules(**bic):
-        return {name: Rule(name=name, n_params=N_PARAMS[name], bic=bic[name]) for name in ("linear", "sqrt", "power", "saturating")}
+        return {name: Rule(name=name, n_params=N_PARAMS[name], bic=value) for name, value in bic.items()}
 
     assert recommend(rules(linear=10.0, sqrt=30.0, power=9.0, saturating=12.0)) == "linear"
     assert recommend(rules(linear=10.0, sqrt=30.0, power=7.0, saturating=7.5)) == "power"
@@ -383,6 +384,22 @@ def test_plain_optuna_study_fits():
         assert factor(optimum.lr, truth(optimum.batch_size)) < 1.3
 
 
+def test_a_complete_trial_with_an_infinite_value_diverged_for_the_fit_the_summary_and_the_search():
+    """Optuna stores inf as a COMPLETE value: one outcome for it everywhere (trials.outcome_of)."""
+    from tuner.search._view import BatchSizeView
+    from tuner.summary import summarize
+
+    study = grid_study(1.0, sizes=[16, 32, 64])
+    lr = 0.5 * bench.power_law_truth(1.0)(32)
+    study.add_trial(trial({"batch_size": 32, "lr": lr}, value=math.inf))
+    row = next(r for r in summarize(study) if r.batch_size == 32)
+    optimum = next(o for o in fit_study(study).optima if o.batch_size == 32)
+    assert row.diverged == optimum.n_diverged == 1 + sum(z > 0.7 for z in ZS)
+    assert row.best_value is not None and math.isfinite(row.best_value)
+    view = BatchSizeView(study, 32)
+    assert math.isfinite(view.best_value) and all(t.value is None for t in view.trials if t.params["lr"] == lr)
+
+
 # --- the stored result ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -473,6 +490,30 @@ def test_reports_show_the_verdict_every_batch_size_and_every_rule(result):
     names = " ".join(trace.name for trace in figure.data)
     for name in ("linear", "sqrt", "power", "saturating", "optimum", f"from B={result.reference_batch_size}"):
         assert name in names
+
+
+def test_the_dashboard_figure_and_the_png_draw_the_same_series():
+    """One figure definition, two renderers: the same curves, optima and marks in both."""
+    study = grid_study(1.0, sizes=[16, 32, 64, 128])
+    study.set_user_attr("tuner_spec", {"search": {"lr": [1e-5, 10.0], "batch_sizes": [16, 32, 64, 128, 2048]}})
+    result = fit_study(study)
+    dashboard, axes = make_figure(result), png_figure(result).axes[0]
+    drawn = {line.get_label().split(": ")[0]: line for line in axes.get_lines() if not line.get_label().startswith("_")}
+    curves = {trace.name: trace for trace in dashboard.data if trace.mode == "lines"}
+    assert len(curves) == 6 and set(curves) <= set(drawn)  # four rules, two scaled from the reference
+    for name, trace in curves.items():
+        np.testing.assert_allclose(floats(drawn[name].get_xdata()), floats(trace.x))
+        np.testing.assert_allclose(floats(drawn[name].get_ydata()), floats(trace.y))
+    optima = [trace for trace in dashboard.data if trace.mode == "markers"]
+    assert [list(trace.x) for trace in optima] == [[16, 32, 64, 128]]
+    assert [list(c.lines[0].get_xdata()) for c in axes.containers] == [[16, 32, 64, 128]]
+    np.testing.assert_allclose(floats(axes.containers[0].lines[0].get_ydata()), floats(optima[0].y))
+    assert list(drawn["no complete trial (left out)"].get_xdata()) == [2048, 2048]  # no trial at B=2048
+    assert [shape.x0 for shape in dashboard.layout.shapes if shape.line.color == MISSING_COLOR] == [2048]
+
+
+def floats(values) -> np.ndarray:
+    return np.asarray(values, dtype=float)
 
 
 def test_fitting_is_reproducible(result):

@@ -4,7 +4,8 @@ A workload trains with ``run.lr`` and ``run.batch_size``, calls ``run.report(ste
 ``step`` counts the training samples seen so far (so different batch sizes are compared at equal
 data), and returns the final metric. ``report`` raises ``optuna.TrialPruned`` when the trial should
 stop. NaN/inf (reported or returned) or ``FloatingPointError`` means the run diverged: the trial is
-kept, because a diverged learning rate bounds the optimum from above.
+kept, because a diverged learning rate bounds the optimum from above. The built-in workloads also
+call a run diverged once its loss climbs ``DIVERGENCE_FACTOR`` times above the untrained model's.
 
 A workload can be tried without a study::
 
@@ -32,6 +33,9 @@ from tuner import trials
 from tuner.errors import InputError
 from tuner.spec import StudySpec, describe_error
 from tuner.trials import Outcome
+
+# a loss this far above the untrained model's has diverged, even while still finite (as training code says)
+DIVERGENCE_FACTOR = 100.0
 
 TrainFn = Callable[["Run"], float]
 

@@ -13,9 +13,9 @@ import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from tuner.trials import BATCH_SIZE, FINISHED, INFEASIBLE_ATTR, LR, SPEC_ATTR, gc_paused, is_diverged
+from tuner.trials import FINISHED, INFEASIBLE_ATTR, LR, SPEC_ATTR, Outcome, by_batch_size, gc_paused, outcome_of
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ class _Group:
         start = trial.intermediate_values.get(0)
         if start is not None and math.isfinite(start):
             self.untrained.append(start)
-        value = trial.value
-        if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):
+        outcome = outcome_of(trial)
+        if outcome == Outcome.COMPLETE:
             self.x.append(x)
-            self.value.append(value)
-        elif is_diverged(trial) or trial.state == TrialState.COMPLETE:  # a non-finite final value diverged too
+            self.value.append(trial.value)
+        elif outcome == Outcome.DIVERGED:
             self.diverged_x.append(x)
-        else:
+        elif outcome == Outcome.PRUNED:
             self.pruned_x.append(x)
 
     def freeze(self, batch_size: int) -> BatchTrials:
@@ -70,14 +70,15 @@ class _Group:
                                          (self.x, self.value, self.pruned_x, self.diverged_x)), baseline)
 
 
-def batch_trials(batch_size: int, trials: Iterable[FrozenTrial]) -> BatchTrials:
-    """One batch size's finished trials (those of ``trials`` at that batch size) as a fit reads them."""
+def batch_trials(trials: Iterable[FrozenTrial], batch_size: int | None = None, param: str = LR) -> BatchTrials:
+    """The finished trials of one batch size (of ``trials``; None: all of them) as a fit reads them,
+    in the log of ``param`` (trials where it is missing or not positive say nothing of it)."""
     group = _Group()
-    for trial in trials:
-        lr = trial.params.get(LR)
-        if trial.params.get(BATCH_SIZE) == batch_size and trial.state in FINISHED and lr is not None and lr > 0:
-            group.add(trial, math.log(lr))
-    return group.freeze(batch_size)
+    for trial in trials if batch_size is None else by_batch_size(trials).get(batch_size, []):
+        value = trial.params.get(param)
+        if trial.state in FINISHED and isinstance(value, (int, float)) and value > 0:
+            group.add(trial, math.log(value))
+    return group.freeze(batch_size or 0)
 
 
 def read_study(study: optuna.Study) -> StudyData:
@@ -88,14 +89,15 @@ def read_study(study: optuna.Study) -> StudyData:
     low, high = _spec_lr_range(search)
     with gc_paused():  # the load builds tens of thousands of objects at once (see gc_paused)
         trials = study.get_trials(deepcopy=False, states=FINISHED)
-    for trial in trials:
-        batch_size, lr = trial.params.get(BATCH_SIZE), trial.params.get(LR)
-        if batch_size is None or lr is None or not lr > 0:
-            continue
-        groups.setdefault(int(batch_size), _Group()).add(trial, math.log(lr))
-        distribution = trial.distributions.get(LR)
-        if isinstance(distribution, FloatDistribution):
-            low, high = min(low, distribution.low), max(high, distribution.high)
+    for batch_size, group in by_batch_size(trials).items():
+        groups.setdefault(batch_size, _Group())
+        for trial in group:
+            lr = trial.params.get(LR)
+            if isinstance(lr, (int, float)) and lr > 0:
+                groups[batch_size].add(trial, math.log(lr))
+                distribution = trial.distributions.get(LR)
+                if isinstance(distribution, FloatDistribution):
+                    low, high = min(low, distribution.low), max(high, distribution.high)
     batches = [groups[b].freeze(b) for b in sorted(groups)]
     if not math.isfinite(low):  # neither a distribution nor a spec: the searched span is all we know
         tried = np.concatenate([np.r_[b.x, b.pruned_x, b.diverged_x] for b in batches] or [np.zeros(0)])

@@ -63,7 +63,7 @@ Z95 = 1.959964
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
 NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
-OUT_OF_MEMORY = "out-of-memory"  # the batch size did not fit in memory (tuner run lists it as infeasible)
+INFEASIBLE = "out-of-memory"  # the batch size did not fit in memory (the study lists it in infeasible_batch_sizes)
 QUADRATIC, BEST_TRIALS, BEST_TRIAL, NONE = "local-quadratic", "best-trials", "best-trial", "none"
 
 
@@ -187,7 +187,7 @@ class BatchOptimum(Frozen):
     def usable(self) -> bool:
         """A point estimate a rule can be fitted to: measured, and neither on the edge of the search
         nor without signal."""
-        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, OUT_OF_MEMORY, NO_SIGNAL} & set(self.flags)
+        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, INFEASIBLE, NO_SIGNAL} & set(self.flags)
 
     @property
     def sigma(self) -> float:

@@ -1,17 +1,21 @@
-"""A fit result for people: terminal text, a markdown note and a figure for optuna-dashboard."""
+"""A fit result for people: terminal text, the study note (markdown) and the exported report, all
+composed of the same parts (the per-batch, rule and cost tables, the warnings)."""
 from __future__ import annotations
 
 import math
+import shlex
+from urllib.parse import quote
 
 import numpy as np
 
+from tuner.fit._frameworks import fitted_range, framework_lines
 from tuner.fit._optimum import BEST_TRIAL, BEST_TRIALS
 from tuner.fit._result import FitResult
-from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT, Rule
+from tuner.fit._rules import RULE_NAMES, Rule
+from tuner.fit._verdict import RULE_LABELS, alpha_interval, b_noise_interval
 
 METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits them)",
                 BEST_TRIAL: "the best trial (too few for a valley)"}
-RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", "power": "#9467bd", SATURATING: "#d62728"}
 
 
 def format_fit(result: FitResult) -> str:
@@ -30,59 +34,53 @@ def format_fit(result: FitResult) -> str:
 
 
 def to_markdown(result: FitResult) -> str:
-    """The study note: verdict, per-batch table, rule comparison."""
-    parts = [f"## Learning rate × batch size\n\n**{result.verdict}**",
-             "### Optimal learning rate per batch size\n" + _table(_optima_rows(result)),
-             "### Rules\nFitted to the per-batch optima, weighted by their intervals; "
+    """The study note: verdict, per-batch table, rule comparison, costs, warnings."""
+    return "\n\n".join([f"## Learning rate × batch size\n\n**{result.verdict}**", *_sections(result, "###"),
+                        f"_tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note._"])
+
+
+def to_report(result: FitResult, figure_name: str | None = None) -> str:
+    """The markdown report ``tuner export`` writes: the note's sections with what a reader outside
+    the dashboard needs (scope, the figure, the rule in framework terms); ``figure_name``: the PNG
+    beside it to link, None for none (stdout)."""
+    low, high = fitted_range(result)
+    n_trials = sum(o.n_trials for o in result.optima)
+    study = shlex.quote(result.study)
+    name = result.recommended
+    verdict = result.verdict or f"Use the {RULE_LABELS[name]}: {result.rules[name].formula()}."
+    scope = (f"Metric {past_tense(result.direction)}; optimal learning rate measured at {len(result.batch_sizes)} "
+             f"batch sizes ({result.batch_sizes[0]}…{result.batch_sizes[-1]}, {n_trials} trials), rules fitted on "
+             f"B={low}…{high}; reference batch size {result.reference_batch_size}.")
+    parts = [f"# Learning rate × batch size: study `{result.study}`", scope, f"**{verdict}**"]
+    if figure_name is not None:
+        parts.append(f"![Optimal learning rate vs batch size, with the fitted rules]({quote(figure_name)})")
+    else:
+        parts.append(f"> The figure is drawn only when the report goes to a file: `tuner export {study} --format "
+                     "markdown -o report.md` (with the same `--storage`) writes `report.png` beside it and "
+                     "links it here.")
+    parts.append("## In your training code\n" + "\n".join(f"- {line}" for line in framework_lines(result)))
+    parts += _sections(result, "##")
+    parts.append(f"<sub>Fitted {result.created or '(date unknown)'} by tuner {result.version or '(version unknown)'}; "
+                 "after more trials, `tuner fit` and export again.</sub>")
+    return "\n\n".join(parts) + "\n"
+
+
+def _sections(result: FitResult, heading: str) -> list[str]:
+    """The tables and warnings the note and the report share, under ``heading`` ("###", "##")."""
+    parts = [f"{heading} Optimal learning rate per batch size\n" + _table(_optima_rows(result)),
+             f"{heading} Rules\nFitted to the per-batch optima, weighted by their intervals; "
              "**BIC** pays for parameters (lower is better), **leave-one-out** is the typical factor by "
              "which the rule, fitted without a batch size, misses its optimum.\n\n" + _table(_rule_rows(result)),
-             "### Cost of following each rule\nHow much worse the metric ends at each batch size than at "
+             f"{heading} Cost of following each rule\nHow much worse the metric ends at each batch size than at "
              "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
     if result.warnings:
-        parts.append("### Warnings\n" + "\n".join(f"- {w}" for w in result.warnings))
-    parts.append(f"_tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note._")
-    return "\n\n".join(parts)
+        parts.append(f"{heading} Warnings\n" + "\n".join(f"- {w}" for w in result.warnings))
+    return parts
 
 
-def make_figure(result: FitResult):
-    """Per-batch optima with intervals on log-log axes, the fitted rules, and the linear and
-    square-root rules scaled from the reference batch size."""
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    measured = [o for o in result.optima if o.lr is not None]
-    for usable, label, symbol in ((True, "optimum (95% interval)", "circle"),
-                                  (False, "optimum at the edge of the LR range", "circle-open")):
-        points = [o for o in measured if o.usable == usable]
-        if points:
-            figure.add_trace(go.Scatter(
-                x=[o.batch_size for o in points], y=[o.lr for o in points], mode="markers", name=label,
-                marker={"size": 9, "symbol": symbol, "color": "black"},
-                error_y={"type": "data", "symmetric": False, "array": [o.ci[1] - o.lr for o in points],
-                         "arrayminus": [o.lr - o.ci[0] for o in points]}))
-    low, high = min(result.batch_sizes) / 1.5, max(result.batch_sizes) * 1.5
-    grid = np.geomspace(low, high, 200)
-    for name in RULE_NAMES:  # short legend names: the formula is in the hover text
-        rule, best = result.rules[name], name == result.recommended
-        figure.add_trace(go.Scatter(
-            x=grid, y=rule.predict(grid), mode="lines", name=f"{name}{' (recommended)' if best else ''}",
-            hovertemplate=f"{rule.formula(digits=3)}<br>B=%{{x:.0f}}: lr=%{{y:.3g}}<extra></extra>",
-            line={"color": RULE_COLORS[name], "width": 3 if best else 1.5, "dash": "solid" if best else "dot"}))
-    for name in (LINEAR, SQRT):
-        figure.add_trace(go.Scatter(
-            x=result.batch_sizes, y=result.rules[name].anchored_lr, mode="lines",
-            name=f"{name} from B={result.reference_batch_size}",
-            line={"color": RULE_COLORS[name], "dash": "dash"}))
-    critical = result.critical_batch_size
-    if critical and low <= critical <= high:
-        figure.add_vline(x=critical, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"})
-        # on a log axis an annotation's x is log10 of the data value (add_vline's own label is not)
-        figure.add_annotation(x=math.log10(critical), y=1, yref="paper", yanchor="bottom", showarrow=False,
-                              text=f"B_noise≈{critical:.3g}")
-    figure.update_layout(title=f"Optimal learning rate vs batch size: {result.study}", template="plotly_white",
-                         xaxis={"type": "log", "title": "batch size"}, yaxis={"type": "log", "title": "learning rate"},
-                         margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
-    return figure
+def past_tense(direction: str) -> str:
+    """``minimize`` -> ``minimized``: how the report and the exported module say what the metric was."""
+    return {"minimize": "minimized", "maximize": "maximized"}.get(direction, direction)
 
 
 def _optima_rows(result: FitResult) -> list[list[str]]:
@@ -108,11 +106,9 @@ def _rule_rows(result: FitResult) -> list[list[str]]:
 
 def _rule_note(rule: Rule) -> str:
     if rule.alpha_ci:
-        low, high = rule.alpha_ci
-        return f"α 95% CI {low:.2f} to {high:.2f}"
+        return f"α {alpha_interval(rule)}"
     if rule.b_noise_ci:
-        low, high = rule.b_noise_ci
-        return f"B_noise 95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
+        return f"B_noise {b_noise_interval(rule)}"
     return ""
 
 

@@ -16,9 +16,9 @@ from tuner.fit._model import Frozen, Real
 from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
+    INFEASIBLE,
     MARGIN,
     NO_COMPLETE,
-    OUT_OF_MEMORY,
     TOLERATED,
     Z95,
     BatchOptimum,
@@ -132,7 +132,7 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     data = read_study(study)
     rng = np.random.default_rng(seed)
     optima = estimate_optima(data.batches, data.maximize, data.lr_range, rng)
-    optima = [o.model_copy(update={"flags": (OUT_OF_MEMORY, *o.flags)}) if o.batch_size in data.infeasible else o
+    optima = [o.model_copy(update={"flags": (INFEASIBLE, *o.flags)}) if o.batch_size in data.infeasible else o
               for o in optima]
     usable = [o for o in optima if o.usable]
     if len(usable) < MIN_BATCH_SIZES:

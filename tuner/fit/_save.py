@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import optuna
 
-from tuner.fit._report import make_figure, to_markdown
+from tuner.fit._figure import make_figure
+from tuner.fit._report import to_markdown
 from tuner.fit._result import FitResult
 from tuner.trials import FIT_ATTR, RULE_ATTR
 

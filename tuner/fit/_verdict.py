@@ -15,13 +15,13 @@ from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
     FEW_TRIALS,
+    INFEASIBLE,
     NO_COMPLETE,
     NO_SIGNAL,
-    OUT_OF_MEMORY,
     TOLERATED,
     BatchOptimum,
 )
-from tuner.fit._rules import LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
+from tuner.fit._rules import FIXED_ALPHA, LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
 
 BIC_TIE = 2.0      # "positive evidence" on the usual BIC scale (Kass & Raftery 1995)
 TOLERANCE = 1.25   # a simpler rule "holds" where it is within this factor of the fitted one
@@ -65,7 +65,7 @@ def following(rule: Rule, optima: list[BatchOptimum]) -> dict:
 
 def anchored(rule_name: str, reference: BatchOptimum, batch_sizes: list[int]) -> list[float]:
     """The linear or square-root rule as people use it: scaled from the optimum at one batch size."""
-    alpha = 1.0 if rule_name == LINEAR else 0.5
+    alpha = FIXED_ALPHA[rule_name]
     return [reference.lr * (b / reference.batch_size) ** alpha for b in batch_sizes]
 
 
@@ -100,10 +100,10 @@ def write_verdict(rules: dict[str, Rule], recommended: str, optima: list[BatchOp
 def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival: bool) -> str:
     linear_to, flat_from = regimes(rule)
     beyond = " (beyond the batch sizes measured)"
-    text = (f"Linear scaling holds (within ×{TOLERANCE:g}) up to B≈{_size(linear_to)}"
-            f"{beyond if linear_to < batch_sizes[0] else ''}; from B≈{_size(flat_from)}"
+    text = (f"Linear scaling holds (within ×{TOLERANCE:g}) up to B≈{format_batch_size(linear_to)}"
+            f"{beyond if linear_to < batch_sizes[0] else ''}; from B≈{format_batch_size(flat_from)}"
             f"{beyond if flat_from > batch_sizes[-1] else ''} the optimum is flat at lr≈{rule.lr_max:.3g}; "
-            f"the critical batch size is B≈{_size(rule.b_noise)} ({_b_noise_ci(rule)}).")
+            f"the critical batch size is B≈{format_batch_size(rule.b_noise)} ({b_noise_interval(rule)}).")
     alpha = power.alpha
     if 0.0 < alpha < 1.0 and not power_is_rival:
         text += (f" A single power law would give α={alpha:.2f} across B={batch_sizes[0]}…{batch_sizes[-1]}: "
@@ -113,7 +113,7 @@ def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival:
 
 def _rival(rival: Rule, chosen: Rule) -> str:
     """A rule the data cannot tell from the recommended one."""
-    extra = f" (α 95% CI {rival.alpha_ci[0]:.2f} to {rival.alpha_ci[1]:.2f})" if rival.alpha_ci else ""
+    extra = f" (α {alpha_interval(rival)})" if rival.alpha_ci else ""
     return (f"The {RULE_LABELS[rival.name]} fits about as well (BIC {rival.bic:.1f} against "
             f"{chosen.bic:.1f}): {rival.formula(digits=3)}{extra}; more batch sizes or trials "
             "would tell them apart.")
@@ -124,12 +124,12 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
     agree = [label for label, a in (("the linear rule", 1.0), ("the square-root rule", 0.5),
                                     ("a learning rate that does not depend on the batch size", 0.0))
              if low <= a <= high]
-    text = (f"The fitted exponent is α={alpha:.2f} (95% CI {low:.2f} to {high:.2f}): "
+    text = (f"The fitted exponent is α={alpha:.2f} ({alpha_interval(power)}): "
             + (f"consistent with {' and with '.join(agree)}." if agree
                else "neither linear (α=1) nor square-root (α=0.5) scaling."))
     floor = saturating.b_noise_ci[0]
     if recommended == LINEAR and floor is not None:
-        text += f" No saturation is seen: the critical batch size is above B≈{_size(floor)} (95%)."
+        text += f" No saturation is seen: the critical batch size is above B≈{format_batch_size(floor)} (95%)."
     return text
 
 
@@ -173,7 +173,7 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
     """What to do about batch sizes whose optimum is uncertain or missing."""
     notes = []
     for o in optima:
-        if OUT_OF_MEMORY in o.flags:
+        if INFEASIBLE in o.flags:
             notes.append(f"B={o.batch_size}: ran out of memory, so it was not searched further "
                          "(left out of the rules; they are not measured there).")
         elif NO_COMPLETE in o.flags:
@@ -210,15 +210,21 @@ def plateau_warnings(rule: Rule, optima: list[BatchOptimum]) -> list[str]:
             f"{cliff:.3g}."]
 
 
-def _b_noise_ci(rule: Rule) -> str:
+def alpha_interval(rule: Rule) -> str:
+    """The power law's 95% interval of its exponent, as the verdict and the rule table say it."""
+    return f"95% CI {rule.alpha_ci[0]:.2f} to {rule.alpha_ci[1]:.2f}"
+
+
+def b_noise_interval(rule: Rule) -> str:
+    """The saturating rule's 95% interval of B_noise, as the verdict and the rule table say it."""
     low, high = rule.b_noise_ci
-    return f"95% CI {_size(low) if low else '0'} to {_size(high) if high else '∞'}"
+    return f"95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
 
 
 def _factor(a: float, b: float) -> float:
     return math.exp(abs(math.log(a / b)))
 
 
-def _size(value: float) -> str:
+def format_batch_size(value: float) -> str:
     """A batch size as people say it: a whole number from 10 up, two significant figures below."""
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from tuner.workloads.trainer import PositiveInt, TrainerOptions, train_torch
+from tuner.spec import PositiveInt
+from tuner.workloads.trainer import TrainerOptions, train_torch
 
 if TYPE_CHECKING:
     from torch import nn

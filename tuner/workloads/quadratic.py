@@ -21,9 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from scipy.optimize import minimize_scalar
 
 from tuner.spec import PositiveFloat
-
-# a run whose loss climbs this far above the starting loss has diverged, as training code would say
-DIVERGENCE_FACTOR = 100.0
+from tuner.workload import DIVERGENCE_FACTOR
 
 
 class Options(BaseModel):

@@ -50,6 +50,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tuner.spec import PositiveInt
+from tuner.workload import DIVERGENCE_FACTOR
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -58,10 +61,6 @@ if TYPE_CHECKING:
 
 DEFAULT_EPOCHS = 20
 DEFAULT_MOMENTUM = 0.9
-# a validation loss this far above the untrained model's has diverged, even while still finite
-DIVERGENCE_FACTOR = 100.0
-
-PositiveInt = Annotated[int, Field(gt=0)]
 Data = Any  # (inputs, targets) as tensors or arrays, or a map-style torch Dataset of (input, target)
 
 

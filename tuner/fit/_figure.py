@@ -1,0 +1,169 @@
+"""The fit's figure, defined once (``figure_series``) and drawn two ways: with plotly for
+optuna-dashboard (``make_figure``) and with matplotlib as the PNG beside an exported report
+(``save_png``: no browser, no display)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tuner.errors import InputError
+from tuner.fit._result import FitResult
+from tuner.fit._rules import LINEAR, POWER, RULE_NAMES, SATURATING, SQRT
+
+RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", POWER: "#9467bd", SATURATING: "#d62728"}
+MISSING_COLOR = "#999999"
+RANGE = 1.5  # the x axis reaches this factor beyond the batch sizes measured
+
+
+@dataclass(frozen=True)
+class Optima:
+    """Per-batch optima with their 95% intervals."""
+
+    label: str
+    usable: bool  # fitted by the rules (filled markers) or left out (open ones)
+    batch_sizes: list[int]
+    lr: list[float]
+    low: list[float]
+    high: list[float]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A rule's learning rate across batch sizes."""
+
+    name: str
+    label: str
+    formula: str
+    x: np.ndarray
+    y: np.ndarray
+    color: str
+    style: str    # "solid", "dot" or "dash"
+    width: float
+
+
+@dataclass(frozen=True)
+class FigureSeries:
+    title: str
+    x_range: tuple[float, float]
+    batch_sizes: list[int]
+    optima: list[Optima]
+    missing: list[int]         # batch sizes without a complete trial
+    curves: list[Curve]
+    b_noise: float | None      # the saturating rule's critical batch size, where it is inside x_range
+
+
+def figure_series(result: FitResult) -> FigureSeries:
+    """What the figure shows: per-batch optima with intervals on log-log axes (those left out of the
+    rules apart), the batch sizes without a complete trial, the fitted rules (the recommended one
+    bold), the linear and square-root rules scaled from the reference batch size, and B_noise."""
+    low, high = min(result.batch_sizes) / RANGE, max(result.batch_sizes) * RANGE
+    measured = [o for o in result.optima if o.lr is not None]
+    optima = []
+    for usable, label in ((True, "optimum (95% interval)"), (False, "optimum left out of the rules (see its flags)")):
+        points = [o for o in measured if o.usable == usable]
+        if points:
+            optima.append(Optima(label, usable, [o.batch_size for o in points], [o.lr for o in points],
+                                 [o.ci[0] for o in points], [o.ci[1] for o in points]))
+    grid = np.geomspace(low, high, 200)
+    curves = []
+    for name in RULE_NAMES:
+        rule, best = result.rules[name], name == result.recommended
+        curves.append(Curve(name, f"{name}{' (recommended)' if best else ''}", rule.formula(digits=3), grid,
+                            np.asarray(rule.predict(grid)), RULE_COLORS[name], "solid" if best else "dot",
+                            2.5 if best else 1.2))
+    for name in (LINEAR, SQRT):
+        scaled = result.rules[name].anchored_lr
+        if scaled:
+            curves.append(Curve(f"{name}-scaled", f"{name} rule scaled from B={result.reference_batch_size}",
+                                "", np.asarray(result.batch_sizes, float), np.asarray(scaled), RULE_COLORS[name],
+                                "dash", 1.0))
+    b_noise = result.critical_batch_size
+    return FigureSeries(
+        title=f"Optimal learning rate vs batch size: {result.study}", x_range=(low, high),
+        batch_sizes=list(result.batch_sizes), optima=optima,
+        missing=[o.batch_size for o in result.optima if o.lr is None], curves=curves,
+        b_noise=b_noise if b_noise and low <= b_noise <= high else None)
+
+
+def make_figure(result: FitResult):
+    """The figure as a plotly Figure (optuna-dashboard shows it beside the study)."""
+    import plotly.graph_objects as go
+
+    series = figure_series(result)
+    figure = go.Figure()
+    for points in series.optima:
+        lr = np.asarray(points.lr)
+        figure.add_trace(go.Scatter(
+            x=points.batch_sizes, y=points.lr, mode="markers", name=points.label,
+            marker={"size": 9, "symbol": "circle" if points.usable else "circle-open", "color": "black"},
+            error_y={"type": "data", "symmetric": False, "array": np.asarray(points.high) - lr,
+                     "arrayminus": lr - np.asarray(points.low)}))
+    for curve in series.curves:  # short legend names: the formula is in the hover text
+        hover = f"{curve.formula}<br>" if curve.formula else ""
+        figure.add_trace(go.Scatter(
+            x=curve.x, y=curve.y, mode="lines", name=curve.label,
+            hovertemplate=f"{hover}B=%{{x:.0f}}: lr=%{{y:.3g}}<extra></extra>",
+            line={"color": curve.color, "width": 1.2 * curve.width, "dash": curve.style}))  # px, not pt
+    for b in series.missing:
+        figure.add_vline(x=b, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
+        figure.add_annotation(x=np.log10(b), y=0, yref="paper", yanchor="bottom", showarrow=False, textangle=-90,
+                              text="no complete trial", font={"size": 10, "color": MISSING_COLOR})
+    if series.b_noise is not None:
+        figure.add_vline(x=series.b_noise, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"})
+        # on a log axis an annotation's x is log10 of the data value (add_vline's own label is not)
+        figure.add_annotation(x=np.log10(series.b_noise), y=1, yref="paper", yanchor="bottom", showarrow=False,
+                              text=f"B_noise≈{series.b_noise:.3g}")
+    figure.update_layout(title=series.title, template="plotly_white",
+                         xaxis={"type": "log", "title": "batch size"}, yaxis={"type": "log", "title": "learning rate"},
+                         margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
+    return figure
+
+
+MATPLOTLIB_STYLES = {"solid": "-", "dot": ":", "dash": "--"}
+
+
+def save_png(result: FitResult, path: Path) -> None:
+    """The figure drawn with matplotlib into ``path`` (PNG)."""
+    png_figure(result).savefig(path, format="png", dpi=110, metadata={"Software": None})
+
+
+def png_figure(result: FitResult):
+    """The figure as a matplotlib Figure (Agg: no display needed)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError("the markdown report's figure needs matplotlib: pip install matplotlib") from None
+
+    series = figure_series(result)
+    figure = Figure(figsize=(8.5, 7.0), layout="constrained")
+    ax = figure.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for points in series.optima:
+        lr = np.asarray(points.lr)
+        ax.errorbar(points.batch_sizes, points.lr, yerr=[lr - np.asarray(points.low), np.asarray(points.high) - lr],
+                    fmt="o", color="black", markerfacecolor="black" if points.usable else "white", capsize=3,
+                    label=points.label, zorder=4)
+    for i, b in enumerate(series.missing):
+        ax.axvline(b, color=MISSING_COLOR, linestyle=":", label="no complete trial (left out)" if i == 0 else None)
+    for curve in series.curves:
+        ax.plot(curve.x, curve.y, color=curve.color, linewidth=curve.width, linestyle=MATPLOTLIB_STYLES[curve.style],
+                label=f"{curve.label}: {curve.formula}" if curve.formula else curve.label)
+    if series.b_noise is not None:
+        ax.axvline(series.b_noise, color=RULE_COLORS[SATURATING], linewidth=0.8, linestyle=":")
+        ax.annotate(f"B_noise≈{series.b_noise:.3g}", (series.b_noise, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", color=RULE_COLORS[SATURATING], fontsize=8)
+    ax.set_xlim(*series.x_range)
+    ax.set_xticks(series.batch_sizes, [str(b) for b in series.batch_sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("learning rate")
+    ax.set_title(series.title.replace("$", r"\$"))
+    ax.grid(True, which="major", color="0.92")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "no complete")))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
+    return figure
