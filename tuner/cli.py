@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from tuner.errors import InputError, WorkloadFailing
+from tuner.errors import InputError, Interrupted, WorkloadFailing
+from tuner.export import FORMATS
 
 STORAGE_HELP = ("Optuna storage: sqlite:///FILE, postgresql+psycopg://USER:PASSWORD@HOST/DB, or a journal "
                 "file path. Default: $TUNER_STORAGE, else tuner.journal in the working directory.")
@@ -26,6 +27,8 @@ class _OneLineErrors(click.Group):
             _fail(str(e), 2)
         except WorkloadFailing as e:
             _fail(str(e), 1)
+        except Interrupted as e:
+            _fail(str(e), 130)
         except click.Abort:
             _fail("aborted", 130)
 
@@ -82,22 +85,18 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
       tuner run studies/digits-mlp-sgd.toml --storage sqlite:///studies.db --n-trials 200
       tuner run studies/digits-mlp-sgd.toml --workers 4
     """
-    from tuner.spec import load_spec
-    from tuner.workload import load_workload
+    from tuner import runner
 
-    spec = load_spec(spec_file).with_overrides(name=study_name, n_trials=n_trials)
-    workload = load_workload(spec, spec_file.parent)
-    study, url = _search(spec, workload, storage, workers=workers, import_dirs=[spec_file.parent])
-    if no_fit:
-        return
-    try:
-        _fit_and_show(study)
-    except InputError as e:  # the search itself succeeded; say why there is no fit yet
-        click.echo(f"\nnot fitted yet: {e}")
-        return
-    where = "" if storage is None else f" --storage {_quoted(storage)}"
-    click.echo(f"\nNext: browse it with `tuner dashboard{where}` (http://127.0.0.1:8080/dashboard/), or take the "
-               f"rule with `tuner export {spec.study.name}{where} --format python -o lr_rule.py`.")
+    report = runner.run(spec_file, storage, n_trials=n_trials, study_name=study_name, workers=workers,
+                        fit=not no_fit)
+    _show_search(report)
+    if report.not_fitted:  # the search itself succeeded; say why there is no fit yet
+        click.echo(f"\nnot fitted yet: {report.not_fitted}")
+    elif report.fit is not None:
+        _show_fit(report.fit)
+        where = "" if storage is None else f" --storage {_quoted(storage)}"
+        click.echo(f"\nNext: browse it with `tuner dashboard{where}` (http://127.0.0.1:8080/dashboard/), or take "
+                   f"the rule with `tuner export {report.spec.study.name}{where} --format python -o lr_rule.py`.")
 
 
 @cli.command()
@@ -114,50 +113,20 @@ def worker(study_name: str, storage: str | None, quiet: bool) -> None:
     Example:
       tuner worker digits-mlp-sgd --storage postgresql+psycopg://tuner:PASSWORD@db-host/studies
     """
-    from tuner.runner import stored_spec
-    from tuner.workload import load_workload
+    from tuner import runner
 
-    spec = stored_spec(_load_study(study_name, storage))
-    if spec is None:
-        raise InputError(f"study '{study_name}' was not made by `tuner run`: it stores no study file to follow")
-    _search(spec, load_workload(spec), storage, quiet=quiet)
+    report = runner.join(study_name, storage, quiet=quiet)
+    if not quiet:
+        _show_search(report)
 
 
-def _search(spec, workload, storage: str | None, *, workers: int = 1, import_dirs=(), quiet: bool = False):
-    """Open or resume the spec's study and train until n_trials finished; show progress and a summary."""
-    import optuna
-
-    from tuner.progress import TrialProgress
-    from tuner.runner import open_study, run_study
-    from tuner.storage import open_storage, redact, storage_url
+def _show_search(report) -> None:
+    """Per batch size: trials by outcome and the best learning rate so far."""
+    from tuner.storage import redact
     from tuner.summary import format_table, summarize
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
-    url = storage_url(storage)
-    study = open_study(spec, open_storage(url, create=True))
-    progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes, enabled=not quiet)
-    try:
-        if workers == 1:
-            run_study(study, spec, workload, callbacks=[progress])
-        else:
-            _run_workers(study, url, workers, list(import_dirs), progress)
-    except KeyboardInterrupt:
-        progress.close()
-        _fail(f"interrupted; finished trials are kept in {redact(url)}: run the same command to resume", 130)
-    progress.close()
-    if not quiet:
-        click.echo(f"study '{spec.study.name}' in {redact(url)}:")
-        click.echo(format_table(summarize(study, spec.search.batch_sizes)))
-    return study, url
-
-
-def _run_workers(study, url: str, workers: int, import_dirs: list[Path], progress) -> None:
-    from tuner.workers import start_workers, wait
-
-    codes = wait(start_workers(study.study_name, url, workers, import_dirs), lambda: progress.refresh(study))
-    if any(codes):
-        raise WorkloadFailing(f"{sum(c != 0 for c in codes)} of {workers} workers failed "
-                              f"(exit codes {sorted(set(codes))}); their errors are above")
+    click.echo(f"study '{report.spec.study.name}' in {redact(report.url)}:")
+    click.echo(format_table(summarize(report.study, report.spec.search.batch_sizes)))
 
 
 @cli.command()
@@ -175,35 +144,22 @@ def fit(study_name: str, storage: str | None) -> None:
       tuner fit quadratic
       tuner fit digits-mlp-sgd --storage sqlite:///studies.db
     """
-    _fit_and_show(_load_study(study_name, storage))
+    from tuner.runner import fit_and_save
+    from tuner.storage import load_study
+
+    _show_fit(fit_and_save(load_study(study_name, storage)))
 
 
-def _load_study(study_name: str, storage: str | None):
-    import optuna
+def _show_fit(result) -> None:
+    from tuner.fit import format_fit
 
-    from tuner.storage import open_storage, redact, storage_url
-
-    url = storage_url(storage)
-    opened = open_storage(url, create=False)
-    names = optuna.get_all_study_names(opened)
-    if study_name not in names:
-        known = f"; it has {', '.join(sorted(names))}" if names else "; it holds no studies"
-        raise InputError(f"no study named '{study_name}' in {redact(url)}{known}")
-    return optuna.load_study(study_name=study_name, storage=opened)
-
-
-def _fit_and_show(study) -> None:
-    from tuner.fit import fit_study, format_fit, save_fit
-
-    result = fit_study(study)
-    save_fit(study, result)
     click.echo("\n" + format_fit(result))
 
 
 @cli.command()
 @click.argument("study_name", metavar="STUDY")
 @storage_option
-@click.option("--format", "fmt", required=True, type=click.Choice(["json", "yaml", "python", "markdown"]),
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="json/yaml: the stored fit result; python: a module with lr_for_batch_size(); "
                    "markdown: a report (with -o, its figure as a PNG beside it).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -218,9 +174,10 @@ def export(study_name: str, storage: str | None, fmt: str, output: Path | None) 
       tuner export quadratic --format json
     """
     from tuner.export import export_fit, figure_path
+    from tuner.storage import load_study
     from tuner.trials import FIT_ATTR
 
-    study = _load_study(study_name, storage)
+    study = load_study(study_name, storage)
     fit = study.user_attrs.get(FIT_ATTR)
     if fit is None:
         raise InputError(f"study '{study_name}' has no fit yet: run `tuner fit {study_name}` first")

@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class WorkloadFailing(RuntimeError):
     """Every recent trial failed: the workload itself is broken, so the run stops and says why."""
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl+C): the CLI exits with 130 and says how to resume."""

@@ -19,7 +19,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from tuner.storage import heartbeat_grace
-from tuner.trials import RETRY_OF
+from tuner.trials import queue_retry
 
 WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial
 
@@ -63,7 +63,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+        queue_retry(study, trial)
         failed.append(trial.number)
     return failed
 

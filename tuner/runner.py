@@ -1,13 +1,22 @@
-"""Run a study: create or resume it in the storage, then train trials until ``n_trials`` have finished.
+"""Run a study: create or resume it in the storage, train trials until ``n_trials`` have finished
+(here, or in local worker processes), then fit the rules and store the fit.
 
+``run`` is `tuner run` and ``join`` is `tuner worker`, whole; the CLI only shows what they return.
 The spec is stored on the study (user attribute ``tuner_spec``) so that a resumed run can be
 checked against it, and ``tuner worker`` can join with nothing but the study's name.
+
+    from tuner.runner import run
+
+    report = run(Path("studies/quadratic.toml"), "sqlite:///studies.db")
+    print(report.fit.verdict if report.fit else report.not_fitted)
 """
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -16,10 +25,13 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import InputError, WorkloadFailing
+from tuner.errors import InputError, Interrupted, WorkloadFailing
+from tuner.fit import FitResult, fit_study, save_fit
+from tuner.progress import TrialProgress
 from tuner.recovery import mark_worker, recover_dead_trials
 from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleyPruner, ValleySampler
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec, load_spec, parse_spec
+from tuner.storage import load_study, open_storage, redact, storage_url
 from tuner.trials import (
     BATCH_SIZE,
     ERROR,
@@ -29,13 +41,93 @@ from tuner.trials import (
     OUT_OF_MEMORY,
     SPEC_ATTR,
 )
-from tuner.workers import WORKER_INDEX_ENV
-from tuner.workload import Workload, run_trial, trial_seed
+from tuner.workers import WORKER_INDEX_ENV, start_workers, wait
+from tuner.workload import Workload, load_workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
 MAX_CONSECUTIVE_FAILURES = 5
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did: the study it searched (in the storage at ``url``), and its fit, or why there
+    is none yet (``not_fitted``: the search itself succeeded)."""
+
+    spec: StudySpec
+    study: optuna.Study
+    url: str
+    fit: FitResult | None = None
+    not_fitted: str | None = None
+
+
+def run(spec_file: Path, storage: str | None = None, *, n_trials: int | None = None, study_name: str | None = None,
+        workers: int = 1, fit: bool = True, quiet: bool = False) -> RunReport:
+    """`tuner run`: search the study file's study (overrides: ``n_trials``, ``study_name``) in
+    ``storage`` (default: ``storage_url``'s), here or in ``workers`` local processes, then fit it
+    (unless ``fit`` is false) and store the fit in the study.
+
+    Raises:
+        InputError: bad input; nothing was written.
+        WorkloadFailing: the workload keeps failing.
+        Interrupted: Ctrl+C; the finished trials are kept.
+    """
+    spec = load_spec(spec_file).with_overrides(name=study_name, n_trials=n_trials)
+    workload = load_workload(spec, spec_file.parent)
+    study, url = search(spec, workload, storage, workers=workers, import_dirs=[spec_file.parent], quiet=quiet)
+    if not fit:
+        return RunReport(spec, study, url)
+    try:
+        return RunReport(spec, study, url, fit=fit_and_save(study))
+    except InputError as e:
+        return RunReport(spec, study, url, not_fitted=str(e))
+
+
+def join(study_name: str, storage: str | None = None, *, quiet: bool = False) -> RunReport:
+    """`tuner worker`: one more worker on a study that `tuner run` made, following the study file
+    stored in it (workload modules are imported from the working directory)."""
+    spec = stored_spec(load_study(study_name, storage))
+    if spec is None:
+        raise InputError(f"study '{study_name}' was not made by `tuner run`: it stores no study file to follow")
+    study, url = search(spec, load_workload(spec), storage, quiet=quiet)
+    return RunReport(spec, study, url)
+
+
+def search(spec: StudySpec, workload: Workload, storage: str | None = None, *, workers: int = 1,
+           import_dirs: Sequence[Path] = (), quiet: bool = False) -> tuple[optuna.Study, str]:
+    """Open or resume the spec's study and train until it holds n_trials finished trials, with a
+    progress bar on a terminal (unless ``quiet``); the study and the storage URL it is in."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
+    url = storage_url(storage)
+    study = open_study(spec, open_storage(url, create=True))
+    progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes, enabled=not quiet)
+    try:
+        if workers == 1:
+            run_study(study, spec, workload, callbacks=[progress])
+        else:
+            _run_workers(study, url, workers, list(import_dirs), progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; finished trials are kept in {redact(url)}: "
+                          "run the same command to resume") from None
+    finally:
+        progress.close()
+    return study, url
+
+
+def _run_workers(study: optuna.Study, url: str, workers: int, import_dirs: list[Path],
+                 progress: TrialProgress) -> None:
+    codes = wait(start_workers(study.study_name, url, workers, import_dirs), lambda: progress.refresh(study))
+    if any(codes):
+        raise WorkloadFailing(f"{sum(c != 0 for c in codes)} of {workers} workers failed "
+                              f"(exit codes {sorted(set(codes))}); their errors are above")
+
+
+def fit_and_save(study: optuna.Study) -> FitResult:
+    """`tuner fit`: fit the study and store the fit in it (replacing an earlier one)."""
+    result = fit_study(study)
+    save_fit(study, result)
+    return result
 
 
 def stored_spec(study: optuna.Study) -> StudySpec | None:

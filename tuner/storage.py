@@ -16,21 +16,20 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
 from tuner.errors import InputError
-from tuner.trials import gc_paused
+from tuner.trials import gc_paused, queue_retry
 
 DEFAULT_STORAGE = "tuner.journal"
 STORAGE_ENV = "TUNER_STORAGE"
 # Database storages: a worker's running trial beats every $TUNER_HEARTBEAT_INTERVAL seconds (5);
 # one silent for $TUNER_HEARTBEAT_GRACE seconds (20) (its worker was killed, or its machine lost)
-# is failed and retried up to MAX_RETRY times with the same parameters.
-MAX_RETRY = 3
+# is failed and retried (``tuner.trials.queue_retry``).
 _CREATE_ATTEMPTS = 5
 
 
@@ -61,6 +60,18 @@ def open_storage(storage: str, *, create: bool) -> BaseStorage:
     if is_url(storage):
         return _open_rdb(storage, create)
     return _open_journal(Path(storage), create)
+
+
+def load_study(study_name: str, storage: str | None) -> optuna.Study:
+    """The study ``study_name`` in ``storage`` (as ``storage_url`` reads it); InputError naming the
+    studies it does hold when it is not there."""
+    url = storage_url(storage)
+    opened = open_storage(url, create=False)
+    names = optuna.get_all_study_names(opened)
+    if study_name not in names:
+        known = f"; it has {', '.join(sorted(names))}" if names else "; it holds no studies"
+        raise InputError(f"no study named '{study_name}' in {redact(url)}{known}")
+    return optuna.load_study(study_name=study_name, storage=opened)
 
 
 def _open_journal(path: Path, create: bool) -> JournalStorage:
@@ -138,8 +149,7 @@ def _open_rdb(url: str, create: bool) -> RDBStorage:
                 return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
                                   heartbeat_interval=_seconds("TUNER_HEARTBEAT_INTERVAL", 5),
                                   grace_period=heartbeat_grace(),
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                      max_retry=MAX_RETRY))
+                                  heartbeat_stale_trial_callback=queue_retry)
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as e:
             # Workers starting at once race to create the tables: the losers retry and find them made.
             raced = (IntegrityError, ProgrammingError)

@@ -7,7 +7,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.trials import BATCH_SIZE, LR, Outcome, outcome_of
+from tuner.trials import LR, Outcome, by_batch_size, outcome_of
 
 
 @dataclass
@@ -31,8 +31,7 @@ class BatchSummary:
             self.running += trial.state == TrialState.RUNNING
             return
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)  # fields are named by outcome
-        if outcome == Outcome.COMPLETE and trial.value is not None and (
-                self.best_value is None or (trial.value > self.best_value) == maximize):
+        if outcome == Outcome.COMPLETE and (self.best_value is None or (trial.value > self.best_value) == maximize):
             self.best_lr, self.best_value = trial.params[LR], trial.value
 
 
@@ -40,10 +39,10 @@ def summarize(study: optuna.Study, batch_sizes: list[int] | None = None) -> list
     """One row per batch size (those given, and any that trials used), ascending."""
     rows = {b: BatchSummary(b) for b in batch_sizes or []}
     maximize = study.direction == StudyDirection.MAXIMIZE
-    for trial in study.get_trials(deepcopy=False):
-        batch_size = trial.params.get(BATCH_SIZE)
-        if batch_size is not None:
-            rows.setdefault(batch_size, BatchSummary(batch_size)).add(trial, maximize)
+    for batch_size, trials in by_batch_size(study.get_trials(deepcopy=False)).items():
+        row = rows.setdefault(batch_size, BatchSummary(batch_size))
+        for trial in trials:
+            row.add(trial, maximize)
     return [rows[b] for b in sorted(rows)]
 
 

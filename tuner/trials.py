@@ -17,7 +17,8 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 
@@ -40,6 +41,7 @@ RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker d
 OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_RETRY = 3  # a run whose worker died is re-run at most this many times
 
 
 class Outcome(StrEnum):
@@ -50,9 +52,14 @@ class Outcome(StrEnum):
 
 
 def outcome_of(trial: FrozenTrial) -> Outcome | None:
-    """The trial's outcome; None while it runs. Trials written by plain Optuna get one from their state."""
+    """The trial's outcome; None while it runs. Trials written by plain Optuna get one from their
+    state, and a COMPLETE one whose value is not finite (Optuna stores inf) diverged."""
+    if not trial.state.is_finished():  # its outcome may be written a moment before its state and value
+        return None
     if OUTCOME in trial.user_attrs:
         return Outcome(trial.user_attrs[OUTCOME])
+    if trial.state == TrialState.COMPLETE and not (trial.value is not None and math.isfinite(trial.value)):
+        return Outcome.DIVERGED
     return {
         TrialState.COMPLETE: Outcome.COMPLETE,
         TrialState.PRUNED: Outcome.PRUNED,
@@ -60,8 +67,31 @@ def outcome_of(trial: FrozenTrial) -> Outcome | None:
     }.get(trial.state)
 
 
+def by_batch_size(trials: Iterable[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
+    """The trials grouped by their ``batch_size`` param, in the order given (trials without one left out)."""
+    groups: dict[int, list[FrozenTrial]] = {}
+    for trial in trials:
+        batch_size = trial.params.get(BATCH_SIZE)
+        if batch_size is not None:
+            groups.setdefault(int(batch_size), []).append(trial)
+    return groups
+
+
 def is_diverged(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get(OUTCOME) == Outcome.DIVERGED
+    return outcome_of(trial) == Outcome.DIVERGED
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a re-run of ``trial``, whose worker died: the same parameters, ``retry_of`` its number;
+    none once the run was retried MAX_RETRY times already (it is what kills its workers). The one
+    way a retry is recorded on every storage: Optuna's stale-trial callback on a database
+    (``tuner.storage``), ``tuner.recovery`` on a journal file."""
+    numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
+    retries, earlier = 0, trial.user_attrs.get(RETRY_OF)
+    while earlier in numbers:
+        retries, earlier = retries + 1, numbers[earlier].user_attrs.get(RETRY_OF)
+    if retries < MAX_RETRY:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
 
 
 def count_finished(study: optuna.Study) -> int:

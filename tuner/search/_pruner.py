@@ -13,7 +13,7 @@ from tuner.fit._data import batch_trials
 from tuner.fit._optimum import BatchOptimum, estimate_cached
 from tuner.search._view import BatchSizeView
 from tuner.spec import PRUNER_STARTUP_TRIALS
-from tuner.trials import BATCH_SIZE, LR
+from tuner.trials import BATCH_SIZE, FINISHED, LR
 
 
 class BatchSizePruner(BasePruner):
@@ -153,8 +153,7 @@ class ValleyPruner(BasePruner):
     def _fit(self, study: optuna.Study, batch_size: int | None, maximize: bool) -> BatchOptimum | None:
         """The fit of this batch size's finished trials (remembered until one more finishes); None
         before any completed."""
-        trials = batch_trials(batch_size, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                                   TrialState.PRUNED)))
+        trials = batch_trials(study.get_trials(deepcopy=False, states=FINISHED), batch_size)
         if len(trials.x) == 0:
             return None
         tried = np.concatenate([trials.x, trials.pruned_x, trials.diverged_x])

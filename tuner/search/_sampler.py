@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.search._hint import lr_hint
 from tuner.search._valley import ValleySampler, _single_objective
 from tuner.search._view import BatchSizeView
-from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR
+from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR, by_batch_size
 
 # Every trial takes its batch size's turn, failed ones too: otherwise a batch size where some
 # learning rates crash would be retried until it took every trial.
@@ -102,7 +102,7 @@ class BatchSizeSampler(BaseSampler):
     def _next_batch_size(self, study: optuna.Study) -> int:
         # Optuna's snapshot of the study, taken afresh when each trial starts
         trials = study._get_trials(deepcopy=False, states=_ALLOCATED, use_cache=True)
-        counts = Counter(t.params.get(BATCH_SIZE) for t in trials)
+        counts = Counter({b: len(group) for b, group in by_batch_size(trials).items()})
         infeasible = set(study.user_attrs.get(INFEASIBLE_ATTR, ()))
         feasible = [b for b in self._batch_sizes if b not in infeasible] or self._batch_sizes
         fewest = min(counts[b] for b in feasible)

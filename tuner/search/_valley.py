@@ -11,8 +11,9 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.fit._data import batch_trials
 from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, estimate_cached
-from tuner.trials import is_diverged
+from tuner.trials import Outcome, is_diverged, outcome_of
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MIN_GAP = math.log(1.25)   # a gap towards the cliff narrower than this is closed
@@ -106,7 +107,7 @@ class ValleySampler(BaseSampler):
 
     def _bracket_or_refine(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
                            low: float, high: float, hint: float | None) -> float:
-        complete = [t for t in earlier if t.state == TrialState.COMPLETE]
+        complete = [t for t in earlier if outcome_of(t) == Outcome.COMPLETE]
         if not complete:  # every run so far diverged (or still runs): search below the lowest divergence
             return self._rng.uniform(low, min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high]))
         sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
@@ -141,14 +142,10 @@ class ValleySampler(BaseSampler):
              low: float, high: float) -> BatchOptimum | None:
         """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
         single trial is often a lucky one, and refining around it keeps the search on one side."""
-        complete = [t for t in earlier if t.state == TrialState.COMPLETE and t.params[name] > 0]
-        diverged = [t for t in earlier if is_diverged(t) and t.params[name] > 0]
-        pruned = [t for t in earlier if t.state == TrialState.PRUNED and not is_diverged(t) and t.params[name] > 0]
-        if len(complete) < MIN_COMPLETE:
+        trials = batch_trials(earlier, param=name)
+        if len(trials.x) < MIN_COMPLETE:
             return None
-        fit = estimate_cached(tuple(math.log(t.params[name]) for t in complete), tuple(t.value for t in complete),
-                              tuple(math.log(t.params[name]) for t in pruned),
-                              tuple(math.log(t.params[name]) for t in diverged),
+        fit = estimate_cached(tuple(trials.x), tuple(trials.value), tuple(trials.pruned_x), tuple(trials.diverged_x),
                               direction == StudyDirection.MAXIMIZE, (math.exp(low), math.exp(high)))
         return fit if fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 

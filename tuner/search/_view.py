@@ -7,7 +7,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.trials import BATCH_SIZE, is_diverged
+from tuner.trials import by_batch_size, is_diverged
 
 
 class BatchSizeView:
@@ -67,8 +67,7 @@ class BatchSizeView:
         return self.best_trial.params
 
     def _keep(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-        return [_without_reports(t) if is_diverged(t) else t
-                for t in trials if t.params.get(BATCH_SIZE) == self._batch_size]
+        return [_without_reports(t) if is_diverged(t) else t for t in by_batch_size(trials).get(self._batch_size, [])]
 
 
 def _without_reports(trial: FrozenTrial) -> FrozenTrial:
