@@ -7,7 +7,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from tuner.trials import BATCH_SIZE, LR
+from tuner.trials import LR, Outcome, by_batch_size, outcome_of
 
 # Theory bounds the slope of log lr* against log B between 0 (saturated) and 1 (linear scaling);
 # with a single neighbour to go by, take the middle.
@@ -37,13 +37,17 @@ def lr_hint(study: optuna.Study, batch_size: int) -> float | None:
 
 def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    best: dict[int, optuna.trial.FrozenTrial] = {}
-    for trial in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True):
-        b, lr = trial.params.get(BATCH_SIZE), trial.params.get(LR)
-        usable = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
-        if b is not None and usable and (b not in best or sign * trial.value < sign * best[b].value):
-            best[b] = trial
-    return {b: t.params[LR] for b, t in best.items()}
+    complete = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+    best = {}
+    for batch_size, trials in by_batch_size(complete).items():
+        usable = [t for t in trials if outcome_of(t) == Outcome.COMPLETE and _positive(t.params.get(LR))]
+        if usable:
+            best[batch_size] = min(usable, key=lambda t: sign * t.value).params[LR]
+    return best
+
+
+def _positive(lr) -> bool:
+    return isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
 
 
 def _slope(p: tuple[float, float], q: tuple[float, float]) -> float:
