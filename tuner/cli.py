@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from tuner.errors import InputError, Interrupted, WorkloadFailing
+from tuner.errors import InputError, Interrupted, StorageFailing, TunerWarning, WorkloadFailing
 from tuner.export import FORMATS
 
 STORAGE_HELP = ("Optuna storage: sqlite:///FILE, postgresql+psycopg://USER:PASSWORD@HOST/DB, or a journal "
@@ -19,18 +20,29 @@ class _OneLineErrors(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
+        warnings.showwarning = _one_line_warning
         try:
             return super().main(*args, **kwargs)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
         except InputError as e:
             _fail(str(e), 2)
-        except WorkloadFailing as e:
+        except (WorkloadFailing, StorageFailing) as e:
             _fail(str(e), 1)
         except Interrupted as e:
             _fail(str(e), 130)
         except click.Abort:
             _fail("aborted", 130)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, TunerWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 def _quoted(storage: str) -> str:

@@ -11,3 +11,11 @@ class WorkloadFailing(RuntimeError):
 
 class Interrupted(Exception):
     """The user stopped a run (Ctrl+C): the CLI exits with 130 and says how to resume."""
+
+
+class StorageFailing(RuntimeError):
+    """The storage cannot take a write (a full disk, a lost server): the run stops, losing nothing."""
+
+
+class TunerWarning(UserWarning):
+    """Something the user should know that stops nothing; the CLI shows it as one line."""

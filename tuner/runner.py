@@ -25,7 +25,7 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import InputError, Interrupted, WorkloadFailing
+from tuner.errors import InputError, Interrupted, StorageFailing, WorkloadFailing
 from tuner.fit import FitResult, fit_study, save_fit
 from tuner.progress import TrialProgress
 from tuner.recovery import mark_worker, recover_dead_trials
@@ -228,8 +228,18 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
     if _done(study, spec.study.n_trials):
         return
     watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
-    study.optimize(objective_for(spec, workload), catch=(Exception,), callbacks=[watch, *callbacks])
+    try:
+        study.optimize(objective_for(spec, workload), catch=(Exception,), callbacks=[watch, *callbacks])
+    except Exception as e:  # Optuna masks a failed write of the trial's end with "Should not reach"
+        raise _storage_failure(e) or e from None
     watch.raise_if_stopped_early()
+
+
+def _storage_failure(error: BaseException | None) -> StorageFailing | None:
+    """The StorageFailing behind ``error``, if a failed write is what it comes from."""
+    while error is not None and not isinstance(error, StorageFailing):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _done(study: optuna.Study, n_trials: int) -> bool:

@@ -22,7 +22,7 @@ from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
-from tuner.errors import InputError
+from tuner.errors import InputError, StorageFailing, TunerWarning
 from tuner.trials import gc_paused, queue_retry
 
 DEFAULT_STORAGE = "tuner.journal"
@@ -43,13 +43,16 @@ def is_url(storage: str) -> bool:
 
 
 def redact(storage: str) -> str:
-    """The storage as it may be shown: a URL's password replaced by ***."""
+    """The storage as it may be shown: a URL's password replaced by ***. Read from the text itself,
+    up to its last ``@``, so that a password with a reserved character in it (an ``@`` or a ``/``
+    not percent-encoded) is hidden whole, where a URL parser would show part of it as the host."""
     if not is_url(storage):
         return storage
-    try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except ArgumentError:
-        return storage.split("://", 1)[0] + "://***"
+    scheme, _, rest = storage.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return storage
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{place}"
 
 
 def open_storage(storage: str, *, create: bool) -> BaseStorage:
@@ -82,13 +85,46 @@ def _open_journal(path: Path, create: bool) -> JournalStorage:
             raise InputError(f"no study storage at {path} (run `tuner run` first, or pass --storage)")
         if not path.parent.exists():
             raise InputError(f"storage {path}: folder {path.parent} does not exist")
-    elif _is_sqlite_file(path):
-        raise InputError(f"storage {path} is an SQLite database: pass --storage sqlite:///{path}")
+    else:
+        _check_journal_file(path)
     try:
         with gc_paused():  # opening replays the whole journal into trial objects
             return JournalStorage(_JournalFile(str(path)))
     except OSError as e:
         raise InputError(f"storage {path}: {e.strerror or e}") from None
+    except ValueError as e:  # json's decode error is one: a record cut off and then written after
+        raise InputError(f"storage {path}: a record in the middle of the journal is broken ({e}); the file was "
+                         "written after a crash by a tool that did not set its cut-off last record aside") from None
+
+
+def _check_journal_file(path: Path) -> None:
+    """Refuse what is not a journal, before anything reads or appends to it: an SQLite database, a
+    device or other special file, or a file whose first line is not a journal record (an empty file
+    is a new journal)."""
+    if _is_sqlite_file(path):
+        raise InputError(f"storage {path} is an SQLite database: pass --storage sqlite:///{path}")
+    if not path.is_file():
+        raise InputError(f"storage {path} is not a regular file; give a journal file path or a database URL")
+    try:
+        with path.open("rb") as f:
+            first = f.readline(_FIRST_RECORD_LIMIT)
+    except OSError as e:
+        raise InputError(f"storage {path}: {e.strerror or e}") from None
+    if first and not _is_record(first):
+        raise InputError(f"storage {path} is not an Optuna journal (its first line is not a journal record); "
+                         "give a new file name or a database URL")
+
+
+_FIRST_RECORD_LIMIT = 1 << 20  # a journal's first record (creating a study) is a few hundred bytes
+
+
+def _is_record(line: bytes) -> bool:
+    """A journal record: a JSON object with an ``op_code``; a first line cut off by a crash counts."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return not line.endswith(b"\n") and line.startswith(b'{"op_code"')
+    return isinstance(record, dict) and "op_code" in record
 
 
 class _KernelLock(BaseJournalFileLock):
@@ -123,9 +159,57 @@ class _JournalFile(JournalFileBackend):
         super().__init__(path, lock_obj=_KernelLock(path))
 
     def append_logs(self, logs: list[dict]) -> None:
-        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-            f.write(lines.encode("utf-8"))
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        with get_lock_file(self._lock), open(self._file_path, "r+b", buffering=0) as f:
+            end = _set_aside_torn_tail(f, f.seek(0, os.SEEK_END), self._file_path)
+            try:
+                rest = memoryview(data)
+                while rest:
+                    rest = rest[f.write(rest):]
+            except OSError as e:  # a full disk: leave no part of this write behind, to be appended after
+                f.truncate(end)
+                raise StorageFailing(f"storage {self._file_path}: {e.strerror or e}; nothing of the last write "
+                                     "was kept, and the trials finished before it are safe") from None
+
+
+class TornRecordWarning(TunerWarning):
+    """A journal's last record was cut off (a crash or a full disk mid-write) and was set aside."""
+
+
+def _set_aside_torn_tail(f, end: int, path: str) -> int:
+    """A journal's end: a last record without its newline was cut off mid-write (a crash, a full
+    disk). Readers skip it, but a record appended after it would make the whole journal unreadable,
+    so it is copied to ``<journal>.torn-<time>`` and cut off; the readable records stay. Returns the
+    new end."""
+    if end == 0:
+        return end
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return end
+    tail_start = _last_newline(f, end) + 1
+    f.seek(tail_start)
+    torn = f.read(end - tail_start)
+    aside = Path(f"{path}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    aside.write_bytes(torn)
+    f.truncate(tail_start)
+    f.seek(tail_start)
+    warnings.warn(TornRecordWarning(f"storage {path}: its last record was cut off ({len(torn)} bytes, a write "
+                                    f"interrupted by a crash or a full disk); set aside in {aside}, the records "
+                                    "before it kept"), stacklevel=2)
+    return tail_start
+
+
+def _last_newline(f, end: int, block: int = 1 << 16) -> int:
+    """The offset of the last newline before ``end`` (-1 if none)."""
+    position = end
+    while position > 0:
+        start = max(0, position - block)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
 
 
 def _open_rdb(url: str, create: bool) -> RDBStorage:
@@ -133,9 +217,13 @@ def _open_rdb(url: str, create: bool) -> RDBStorage:
     try:
         parsed = make_url(url)
         parsed.get_dialect()
+        parsed.port  # noqa: B018 -- parsed only when read: "notaport" raises here, not deep in a driver
     except (ArgumentError, NoSuchModuleError, ValueError):
         raise InputError(f"storage {shown}: unknown or malformed URL; use sqlite:///FILE, "
                          "postgresql+psycopg://USER:PASSWORD@HOST/DB, or a journal file path") from None
+    if parsed.host and "@" in parsed.host:
+        raise InputError(f"storage {shown}: the password (or user name) holds a character a URL reserves; "
+                         "percent-encode it (@ as %40)")
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
         _check_sqlite_path(parsed.database, shown, create)

@@ -52,19 +52,16 @@ class Outcome(StrEnum):
 
 
 def outcome_of(trial: FrozenTrial) -> Outcome | None:
-    """The trial's outcome; None while it runs. Trials written by plain Optuna get one from their
-    state, and a COMPLETE one whose value is not finite (Optuna stores inf) diverged."""
-    if not trial.state.is_finished():  # its outcome may be written a moment before its state and value
-        return None
-    if OUTCOME in trial.user_attrs:
-        return Outcome(trial.user_attrs[OUTCOME])
-    if trial.state == TrialState.COMPLETE and not (trial.value is not None and math.isfinite(trial.value)):
-        return Outcome.DIVERGED
-    return {
-        TrialState.COMPLETE: Outcome.COMPLETE,
-        TrialState.PRUNED: Outcome.PRUNED,
-        TrialState.FAIL: Outcome.FAILED,
-    }.get(trial.state)
+    """The trial's outcome, read from its state (None while it runs): the ``outcome`` attribute only
+    tells a diverged trial from a pruned one, and a COMPLETE trial whose value is not finite
+    (Optuna stores inf) diverged. The state decides because it is written last: a trial whose
+    worker died after writing ``outcome`` and before its state was failed, whatever it says."""
+    if trial.state == TrialState.COMPLETE:
+        finite = trial.value is not None and math.isfinite(trial.value)
+        return Outcome.COMPLETE if finite else Outcome.DIVERGED
+    if trial.state == TrialState.PRUNED:
+        return Outcome.DIVERGED if trial.user_attrs.get(OUTCOME) == Outcome.DIVERGED else Outcome.PRUNED
+    return Outcome.FAILED if trial.state == TrialState.FAIL else None
 
 
 def by_batch_size(trials: Iterable[FrozenTrial]) -> dict[int, list[FrozenTrial]]:

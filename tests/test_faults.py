@@ -1,0 +1,118 @@
+"""Faults from outside: a journal cut off by a crash or a full disk, a file that is not a storage,
+a password that breaks a URL, a workload that exits, an export that cannot be written. Each is
+met with one line and an exit code, and loses nothing."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import spec_dict, toml_text, tuner
+from optuna.trial import TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def journal(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def finished(path: Path, name: str = "test") -> list:
+    return optuna.load_study(study_name=name, storage=journal(path)).get_trials(states=FINISHED)
+
+
+def write(tmp_path: Path, **tables) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(toml_text(spec_dict(**tables)))
+    return path
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
+    assert p.returncode == code, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), p.stderr
+    return lines[0]
+
+
+# --- 1. a torn journal ------------------------------------------------------------------------------
+
+def test_a_journal_cut_off_mid_record_is_repaired_at_the_next_write_and_stays_readable(tmp_path):
+    spec, store = write(tmp_path, study={"name": "test", "n_trials": 12}), tmp_path / "t.journal"
+    assert tuner("run", str(spec), "--storage", str(store), "--no-fit", cwd=tmp_path).returncode == 0
+    before = len(finished(store))
+    data = store.read_bytes()
+    store.write_bytes(data[:-40])  # a power cut: the last record's end never reached the disk
+    torn = len(data) - 40 - (data[:-40].rfind(b"\n") + 1)
+
+    p = tuner("run", str(spec), "--storage", str(store), "--no-fit", "--n-trials", "16", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    warning = [line for line in p.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warning) == 1 and f"cut off ({torn} bytes" in warning[0]
+    aside = list(tmp_path.glob("t.journal.torn-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == data[:-40][-torn:]
+    assert tuner("studies", "--storage", str(store), cwd=tmp_path).returncode == 0  # readable from now on
+    assert len(finished(store)) == 16 and before == 12  # by Optuna too: the records before the cut kept
+
+
+def test_a_journal_broken_in_the_middle_is_refused_in_one_line(tmp_path):
+    store = tmp_path / "t.journal"
+    spec = write(tmp_path, study={"name": "test", "n_trials": 6})
+    assert tuner("run", str(spec), "--storage", str(store), "--no-fit", cwd=tmp_path).returncode == 0
+    lines = store.read_bytes().split(b"\n")
+    lines[3] = lines[3][:20]  # what an older tuner left: a cut-off record with records after it
+    store.write_bytes(b"\n".join(lines))
+    kept = store.read_bytes()
+    line = one_line_error(tuner("studies", "--storage", str(store), cwd=tmp_path), 2)
+    assert "a record in the middle of the journal is broken" in line
+    assert store.read_bytes() == kept
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_full_disk_stops_the_run_in_one_line_and_the_journal_stays_whole(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], check=True)
+    try:
+        spec, store = write(tmp_path, study={"name": "test", "n_trials": 400}), disk / "t.journal"
+        p = tuner("run", str(spec), "--storage", str(store), "--no-fit", cwd=tmp_path)
+        line = one_line_error(p, 1)
+        assert "No space left on device" in line and "nothing of the last write was kept" in line
+        assert store.read_bytes().endswith(b"\n")  # no record cut off, to be written after
+        assert len(finished(store)) > 0  # and everything before it readable
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# --- 2. a file that is not a storage -----------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"hello\n", b"my notes\nline two\n", bytes(range(256)) * 4])
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path, content):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(content)
+    spec = write(tmp_path)
+    for command in (["run", str(spec)], ["studies"], ["fit", "test"]):
+        line = one_line_error(tuner(*command, "--storage", str(notes), cwd=tmp_path), 2)
+        assert "is not an Optuna journal" in line
+    assert notes.read_bytes() == content
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_a_device_is_not_a_storage(tmp_path, device):
+    line = one_line_error(tuner("run", str(write(tmp_path)), "--storage", device, cwd=tmp_path, timeout=60), 2)
+    assert "is not a regular file" in line
+
+
+# --- 3. a password that breaks the URL ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("postgresql+psycopg://tuner:Tr0ub4dor@3xtraS3cret@127.0.0.1:9/studies", "percent-encode it"),
+    ("postgresql+psycopg://tuner:Tr0ub/4dor@127.0.0.1:9/studies", "cannot open"),  # parsed right: tried
+    ("postgresql+psycopg://tuner:Tr0ub4dor3xtraS3cret@127.0.0.1:notaport/studies", "malformed URL"),
+    ("postgresql+psycopg://tuner:Tr0ub4dor3xtraS3cret@[::1/studies", "malformed URL"),
+])
+def test_a_url_whose_password_breaks_it_is_refused_without_showing_any_of_the_password(tmp_path, url, says):
+    for command in (["studies"], ["fit", "test"], ["run", str(write(tmp_path))], ["dashboard", "--port", "1"]):
+        line = one_line_error(tuner(*command, "--storage", url, cwd=tmp_path, timeout=60), 2)
+        assert says in line and "Tr0ub" not in line and "3xtraS3cret" not in line
