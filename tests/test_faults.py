@@ -116,3 +116,92 @@ def test_a_url_whose_password_breaks_it_is_refused_without_showing_any_of_the_pa
     for command in (["studies"], ["fit", "test"], ["run", str(write(tmp_path))], ["dashboard", "--port", "1"]):
         line = one_line_error(tuner(*command, "--storage", url, cwd=tmp_path, timeout=60), 2)
         assert says in line and "Tr0ub" not in line and "3xtraS3cret" not in line
+
+
+# --- 5. a workload that exits --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", ["sys.exit(0)", "sys.exit(3)", "raise GeneratorExit()", "raise BaseException('x')"])
+def test_a_workload_that_exits_fails_its_trials_and_the_run_says_so(tmp_path, body):
+    (tmp_path / "quits.py").write_text(f"import sys\n\n\ndef train(run):\n    {body}\n")
+    spec = write(tmp_path, study={"name": "test", "n_trials": 8}, workload={"target": "quits:train"})
+    store = tmp_path / "t.journal"
+    p = tuner("run", str(spec), "--storage", str(store), cwd=tmp_path)
+    *failed_trials, line = p.stderr.strip().splitlines()  # each failed trial reported as it happens, then why
+    assert p.returncode == 1 and line.startswith("Error: stopped") and "not exit" in line
+    assert all(report.startswith("trial ") for report in failed_trials) and "Traceback" not in p.stderr
+    study = optuna.load_study(study_name="test", storage=journal(store))
+    assert not study.get_trials(states=[TrialState.RUNNING])
+    assert all(t.user_attrs["error"].endswith("not exit") for t in study.trials)
+
+
+def test_a_huge_error_message_is_stored_cut_to_a_readable_length(tmp_path):
+    (tmp_path / "loud.py").write_text("def train(run):\n    raise ValueError('x' * 2_000_000)\n")
+    spec = write(tmp_path, study={"name": "test", "n_trials": 8}, workload={"target": "loud:train"})
+    store = tmp_path / "t.journal"
+    p = tuner("run", str(spec), "--storage", str(store), cwd=tmp_path)
+    assert p.returncode == 1 and len(p.stderr) < 20_000
+    errors = [t.user_attrs["error"] for t in optuna.load_study(study_name="test", storage=journal(store)).trials]
+    assert all(len(e) < 1100 and "characters cut" in e for e in errors) and store.stat().st_size < 100_000
+
+
+# --- 6. exports: atomic, and one line where they cannot be written ------------------------------------
+
+@pytest.fixture
+def fitted(tmp_path) -> Path:
+    """A journal holding a study with a stored fit (tests/data/fit-before-typed.json)."""
+    store = tmp_path / "fitted.journal"
+    study = optuna.create_study(study_name="fixture", storage=journal(store))
+    fit = Path(__file__).parent / "data" / "fit-before-typed.json"
+    study.set_user_attr("lr_batch_fit", __import__("json").loads(fit.read_text()))
+    return store
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_an_export_on_a_full_disk_leaves_the_earlier_file_whole(tmp_path, fitted):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        earlier = disk / "lr.json"
+        earlier.write_text('{"earlier": true}\n')
+        (disk / "filler").write_bytes(b"x" * (60 * 1024))  # a few KB left: less than the export
+        for fmt, name in (("json", "lr.json"), ("markdown", "report.md")):
+            line = one_line_error(tuner("export", "fixture", "--storage", str(fitted), "--format", fmt,
+                                        "-o", str(disk / name), cwd=tmp_path), 2)
+            assert "No space left on device" in line
+        assert earlier.read_text() == '{"earlier": true}\n'
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "lr.json"]  # no temporary left behind
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root")
+def test_an_export_to_a_read_only_folder_is_one_line(tmp_path, fitted):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        line = one_line_error(tuner("export", "fixture", "--storage", str(fitted), "--format", "json",
+                                    "-o", str(disk / "lr.json"), cwd=tmp_path), 2)
+        assert "Read-only file system" in line
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize(("target", "says"), [
+    ("/proc/lr.json", "cannot write /proc/lr.json"),
+    ("/dev/full", "not a regular file"),
+    ("no/such/folder/lr.json", "does not exist"),
+])
+def test_an_export_that_cannot_be_written_is_one_line(tmp_path, fitted, target, says):
+    line = one_line_error(tuner("export", "fixture", "--storage", str(fitted), "--format", "json", "-o", target,
+                                cwd=tmp_path), 2)
+    assert says in line
+
+
+def test_a_report_whose_figure_path_is_a_folder_writes_neither(tmp_path, fitted):
+    (tmp_path / "report.png").mkdir()
+    line = one_line_error(tuner("export", "fixture", "--storage", str(fitted), "--format", "markdown",
+                                "-o", "report.md", cwd=tmp_path), 2)
+    assert "report.png" in line and "not a regular file" in line
+    assert not (tmp_path / "report.md").exists()

@@ -193,8 +193,6 @@ def export(study_name: str, storage: str | None, fmt: str, output: Path | None) 
     fit = study.user_attrs.get(FIT_ATTR)
     if fit is None:
         raise InputError(f"study '{study_name}' has no fit yet: run `tuner fit {study_name}` first")
-    if output is not None and not output.parent.exists():
-        raise InputError(f"-o {output}: folder {output.parent} does not exist")
     text = export_fit(fit, fmt, output)
     if output is None:
         click.echo(text, nl=False)

@@ -17,9 +17,12 @@ password is refused rather than exported.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import keyword
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tuner.errors import InputError
@@ -44,6 +47,9 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         raise ValueError(f"fmt must be one of {', '.join(FORMATS)}; got {fmt!r}")
     _refuse_credentials(fit)
     output = Path(output) if output is not None else None
+    figure = figure_path(output) if output is not None and fmt == "markdown" else None
+    for path in filter(None, (output, figure)):
+        _check_writable(path)
     if fmt == "json":
         text = to_json(fit)
     elif fmt == "yaml":
@@ -58,13 +64,39 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
             module = stem if stem.isidentifier() and not keyword.iskeyword(stem) else DEFAULT_MODULE
             text = to_python(result, module_name=module)
         else:
-            figure = None if output is None else figure_path(output)
             text = to_report(result, figure_name=None if figure is None else figure.name)
-            if figure is not None:
-                save_png(result, figure)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        files = {output: lambda path: path.write_text(text, encoding="utf-8")}
+        if figure is not None:
+            files[figure] = lambda path: save_png(result, path)
+        _write_all(files)
     return text
+
+
+def _check_writable(path: Path) -> None:
+    """An export replaces a regular file, or makes a new one in a folder that exists."""
+    if path.exists() and not path.is_file():
+        raise InputError(f"cannot write {path}: it is not a regular file")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+
+
+def _write_all(files: dict[Path, Callable[[Path], None]]) -> None:
+    """Write every file to a temporary file beside it, then rename them over their targets: a full
+    disk or a folder that refuses writes leaves the earlier files as they were, never half-written."""
+    temporary = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
+    path = next(iter(files))
+    try:
+        for path, write in files.items():
+            write(temporary[path])
+        for path in files:
+            os.replace(temporary[path], path)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}; no file was left half-written") from None
+    finally:
+        for path in temporary.values():
+            with contextlib.suppress(OSError):  # never made (a read-only folder says so, too)
+                path.unlink()
 
 
 # --- json and yaml: the stored result, unchanged --------------------------------------------------

@@ -174,8 +174,19 @@ def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: floa
         if is_out_of_memory(e):
             trial.set_user_attr(trials.OUT_OF_MEMORY, True)
         raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # sys.exit() or the like: it would end the run and leave the trial RUNNING
+        exited = WorkloadExited(f"{describe_exception(e)}: train(run) must return the metric (or raise an "
+                                "Exception), not exit")
+        _record(trial, run, Outcome.FAILED, error=str(exited))
+        raise exited from None
     _record(trial, run, Outcome.COMPLETE)
     return value
+
+
+class WorkloadExited(Exception):
+    """The workload called sys.exit() (or raised another BaseException): the trial fails like any error."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -202,7 +213,14 @@ def _record(trial: optuna.Trial, run: Run, outcome: Outcome, error: str | None =
 
 
 def describe_exception(error: BaseException) -> str:
-    """'ValueError: bad shape (model.py:42)': the message and the innermost frame that raised it."""
+    """'ValueError: bad shape (model.py:42)': the message (cut to ERROR_LIMIT characters: a trial's
+    attributes are read on every load of the study) and the innermost frame that raised it."""
     frames = traceback.extract_tb(error.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {error}{where}"
+    message = str(error)
+    if len(message) > ERROR_LIMIT:
+        message = f"{message[:ERROR_LIMIT]}… ({len(message) - ERROR_LIMIT} characters cut)"
+    return f"{type(error).__name__}: {message}{where}"
+
+
+ERROR_LIMIT = 1000
