@@ -7,7 +7,10 @@ valley is deep. In order:
 1. **Noise.** Runs repeated at one learning rate (replicates, other seeds) give it directly; the
    scatter of each learning rate's result about the straight line through its two neighbours gives
    it without replicates (a difference-based estimator: robust, and it errs high where trials are
-   sparse on a curved valley, which only makes the tests below more cautious). Both are pooled.
+   sparse on a curved valley, which only makes the tests below more cautious). Both are pooled,
+   over batch sizes too, but a residual beyond ``WALL_Z`` times the study's median one is a wall
+   next to the optimum (runs twenty times worse a step away), never noise: read as noise, one such
+   wall made every batch size's noise a hundred times too large and every test below blind.
 2. **Bounds.** Every learning rate tried on either side of the best one that did clearly worse than
    it (beyond noise) bounds the optimum, as a divergence does from above: the estimate never lies
    where a trial measured clearly worse.
@@ -17,8 +20,10 @@ valley is deep. In order:
    is the estimate, kept inside the bounds and no further than ``MARGIN`` beyond the fitted trials.
 4. **Checks.** Where the quadratic is not a valley, or its vertex had to be clipped (the model and
    the trials disagree: it points where the trials say it cannot be), or it claims a dip deeper
-   than any trial measured, the estimate falls back to the minimum of a kernel smoother over the
-   same trials (``method = "smoothed"``) and the interval widens to the trials either side of it.
+   than any trial measured, or it passes further from the trials than their noise explains (a
+   wall it cannot follow pulls its vertex away from the runs that did best), the estimate falls
+   back to the middle of the runs that did as well as the best (``method = "best-trials"``) and
+   the interval widens to the trials either side of them.
 5. **Interval.** A bootstrap that redraws each learning rate's result from the fitted curve with
    the larger of the noise and its own residual (so that a model that misfits widens it), refits
    and re-applies the bounds.
@@ -29,7 +34,7 @@ valley is deep. In order:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -42,6 +47,8 @@ from tuner.fit._model import Frozen
 MIN_COMPLETE = 3        # a quadratic needs three learning rates
 FEW_COMPLETE = 5        # below this the interval is rough: flagged
 WORSE_Z = 2.5           # "clearly worse": the difference exceeds this many standard errors (one-sided ~99%)
+WALL_Z = 5.0            # a residual beyond this many noise deviations (the median's) is a wall or a cliff
+MIN_ROBUST = 5          # residuals the median needs before it may call one a wall
 NO_SIGNAL_Z = 3.0       # a best run within this many noise deviations of the untrained model has no signal
 MIN_SIGNAL_SPAN = math.log(4.0)  # flatness only means no signal when the trials span at least ×4
 NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about the valley than the noise
@@ -51,6 +58,7 @@ NEIGHBOURHOOD = 0.15    # the kernel width (log-lr) over which the best learning
 MIN_FIT = 6             # the local model sees at least this many, the nearest to the best
 MAX_ASYMMETRY = 10.0    # a valley at most this many times steeper on one side than on the other
 MAX_DIP = 0.5           # a vertex between trials may dip below the best by at most this share of the rise
+MISFIT = 0.001          # a valley whose residuals noise explains with less than this probability misfits
 MODEL_DOF = 2           # the valley's residuals estimate the noise from this many spare degrees of freedom
 PRIOR_DF = 6            # the noise pooled over batch sizes counts as this many degrees of freedom
 TOLERATED = 0.02        # a rule may stray from a batch size's optimum as far as this costs (2% of the metric)
@@ -60,6 +68,7 @@ RESOLUTION = math.log(1.01)  # no optimum is known closer than this: the valley 
 N_BOOTSTRAP = 150
 VERTEX_GRID = 61  # candidate vertices the valley is profiled over (then refined between them)
 Z95 = 1.959964
+MAD_NORMAL = 0.6744898  # the median of |z| for a standard normal z
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
 NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
@@ -101,7 +110,8 @@ class Valley:
     """The metric around the optimum, as the fit sees it; ``worse_by`` prices a learning rate.
 
     ``curves`` holds the accepted model's bootstrap replicates evaluated on ``grid`` (log-lr), so a
-    price comes with its standard error; outside ``trusted`` the metric is read off the trials.
+    price comes with its standard error; beyond ``fitted`` (and MARGIN past it) the metric is read
+    off the trials.
     """
 
     groups: Groups
@@ -110,21 +120,55 @@ class Valley:
     cliff_x: float                 # the optimum lies below this diverged log-lr; inf if none
     grid: np.ndarray
     curves: np.ndarray             # (bootstrap, grid) model values, lower is better
-    trusted: tuple[float, float]   # log-lr range the model stands for
+    fitted: tuple[float, float]    # log-lr span of the trials the model was fitted to (none: empty)
 
     def loss_at(self, x: float) -> tuple[float, float] | None:
         """The metric (lower is better) at log-lr ``x`` with its standard error; inf at or above a
         divergence; None where no trial was close enough to say (a gap wider than MAX_GAP may hide
         a cliff)."""
+        found = self._priced(x)
+        return None if found is None else found[:2]
+
+    def worse_by(self, lr: float) -> tuple[float, float] | None:
+        """How much worse the metric is at ``lr`` than at the optimum, in the metric's units (>= 0),
+        with its standard error; (inf, 0) where the learning rate diverged; None where not measured."""
+        x = math.log(lr)
         if x >= self.cliff_x:
             return math.inf, 0.0
-        if not self._near_trials(x):
+        here, best = self._priced(x), self._priced(self.optimum_x)
+        if here is None or best is None:
             return None
-        if self.trusted[0] <= x <= self.trusted[1]:
-            values = np.array([np.interp(x, self.grid, curve) for curve in self.curves])
-            return float(values.mean()), float(values.std())
+        if here[2] is not None and best[2] is not None:  # both on the model: its bootstrap pairs them
+            diff = here[2] - best[2]
+            return max(0.0, float(diff.mean())), float(diff.std())
+        return max(0.0, here[0] - best[0]), math.hypot(here[1], best[1])
+
+    def _priced(self, x: float) -> tuple[float, float, np.ndarray | None] | None:
+        """(mean, standard error, the model's bootstrap values or None where read off the trials).
+        Within the trials the model was fitted to it stands for the metric; up to MARGIN beyond them
+        it extrapolates, unless the trials there did clearly worse than it says (a wall it did not
+        see: its extrapolation would price a learning rate past the wall as nearly free)."""
+        if x >= self.cliff_x:
+            return math.inf, 0.0, None
+        read = self._read_off(x)
+        low, high = self.fitted
+        if not low - MARGIN <= x <= high + MARGIN:
+            return None if read is None else (*read, None)
+        values = np.array([np.interp(x, self.grid, curve) for curve in self.curves])
+        model = (float(values.mean()), float(values.std()), values)
+        if low <= x <= high:
+            return model
         g = self.groups
-        if not g.x[0] <= x <= g.x[-1]:
+        if read is None and not g.x[0] <= x <= g.x[-1]:  # past the last trial, as bad as it: a valley
+            end = 0 if x < g.x[0] else -1                # does not come down again past its wall
+            read = float(g.mean[end]), self.noise / math.sqrt(g.count[end])
+        overruled = read is not None and read[0] - model[0] > WORSE_Z * math.hypot(read[1], model[1])
+        return (*read, None) if overruled else model
+
+    def _read_off(self, x: float) -> tuple[float, float] | None:
+        """The metric in line between the trials either side of ``x``; None past them or across a gap."""
+        g = self.groups
+        if not self._near_trials(x) or not g.x[0] <= x <= g.x[-1]:
             return None
         right = min(int(np.searchsorted(g.x, x)), len(g.x) - 1)
         left = max(right - 1, 0)
@@ -141,24 +185,6 @@ class Valley:
         if right == len(g):
             return x - g[-1] <= MARGIN
         return g[right] - g[right - 1] <= MAX_GAP or g[right] == x
-
-    def worse_by(self, lr: float) -> tuple[float, float] | None:
-        """How much worse the metric is at ``lr`` than at the optimum, in the metric's units (>= 0),
-        with its standard error; (inf, 0) where the learning rate diverged; None where not measured."""
-        x = math.log(lr)
-        if x >= self.cliff_x:
-            return math.inf, 0.0
-        if not self._near_trials(x):
-            return None
-        if self.trusted[0] <= x <= self.trusted[1] and self.trusted[0] <= self.optimum_x <= self.trusted[1]:
-            here = np.array([np.interp(x, self.grid, c) for c in self.curves])
-            best = np.array([np.interp(self.optimum_x, self.grid, c) for c in self.curves])
-            diff = here - best
-            return max(0.0, float(diff.mean())), float(diff.std())
-        here, best = self.loss_at(x), self.loss_at(self.optimum_x)
-        if here is None or best is None:
-            return None
-        return max(0.0, here[0] - best[0]), math.hypot(here[1], best[1])
 
 
 class BatchOptimum(Frozen):
@@ -241,6 +267,19 @@ class NoisePrior:
         ss = sum(e.ss / s**2 for e, s in zip(found, scale))
         return cls(math.sqrt(ss / sum(e.df for e in found)), relative)
 
+    @classmethod
+    def robust(cls, batches: list[_Batch]) -> NoisePrior | None:
+        """The noise as the median neighbour residual says it, over these batch sizes: a wall next to
+        an optimum (runs twenty times worse a step away) gives residuals that would make the pooled
+        noise a hundred times too large, and every test built on it blind; the median does not see
+        them. None with fewer than MIN_ROBUST residuals."""
+        levels = np.array([b.level for b in batches])
+        relative = bool(len(levels)) and bool(np.all(levels > 0))
+        residuals = np.concatenate([b.residuals / (b.level if relative else 1.0) for b in batches] or [np.zeros(0)])
+        if len(residuals) < MIN_ROBUST:
+            return None
+        return cls(float(np.median(np.abs(residuals))) / MAD_NORMAL, relative)
+
     def combine(self, own: NoiseEvidence) -> float:
         return math.sqrt((own.ss + PRIOR_DF * self.at(own.level) ** 2) / (own.df + PRIOR_DF))
 
@@ -255,6 +294,7 @@ class _Batch:
     pruned: np.ndarray       # the pruned ones: they did worse than their neighbours promised
     cliff: float
     candidates: np.ndarray | None  # which groups the local model may see; None with too few trials
+    wall: float = math.inf   # a residual larger than this (in the metric's units) is a wall, not noise
 
     @classmethod
     def of(cls, trials: BatchTrials, maximize: bool) -> _Batch | None:
@@ -277,7 +317,16 @@ class _Batch:
     def scatter(self) -> NoiseEvidence:
         """The noise as the neighbours' scatter (and replicates) says it, among the candidates."""
         near = self.groups if self.candidates is None else self.groups.subset(self.candidates)
-        return _scatter(near, self.level)
+        return _scatter(near, self.level, self.wall)
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """The neighbours' pseudo-residuals among the candidates, in the metric's units."""
+        return _pseudo_residuals(self.groups if self.candidates is None else self.groups.subset(self.candidates))
+
+    def beside_walls(self, scale: NoisePrior | None) -> _Batch:
+        """The same trials, with residuals beyond WALL_Z of ``scale`` taken for walls."""
+        return self if scale is None else replace(self, wall=WALL_Z * scale.at(self.level))
 
     def window(self, noise: float | None) -> Groups:
         """The trials the local model sees (see ``_window``)."""
@@ -290,7 +339,12 @@ class _Batch:
             return self.scatter
         fitted = self.window(noise)
         valley = LocalValley.fit(fitted, _limits(fitted, (-math.inf, self.cliff), self.tried, self.pruned))
-        return _model_scatter(fitted, valley, self.level) or self.scatter
+        if valley is not None:  # a wall the valley cannot follow bends it: its residuals elsewhere
+            off = np.sqrt(fitted.count) * np.abs(fitted.mean - valley.at(fitted.x)) > self.wall  # say so
+            if off.any() and np.count_nonzero(~off) >= MIN_COMPLETE + MODEL_DOF:
+                fitted = fitted.subset(~off)
+                valley = LocalValley.fit(fitted, _limits(fitted, (-math.inf, self.cliff), self.tried, self.pruned))
+        return _model_scatter(fitted, valley, self.level, self.wall) or self.scatter
 
     def shape(self, noise: float | None) -> tuple[float, float, int] | None:
         """What the window says of the valley's shape: (symmetric rss, asymmetric rss, trials)."""
@@ -307,6 +361,8 @@ def estimate_optima(batches: list[BatchTrials], maximize: bool, lr_range: tuple[
                     rng: np.random.Generator) -> list[BatchOptimum]:
     """The optimum at every batch size of a study, the noise pooled over them (``NoisePrior``)."""
     prepared = [_Batch.of(b, maximize) for b in batches]
+    scale = NoisePrior.robust([p for p in prepared if p is not None])
+    prepared = [None if p is None else p.beside_walls(scale) for p in prepared]
     ready = [p for p in prepared if p is not None]
     first = NoisePrior.pool([p.scatter for p in ready])
     prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
@@ -320,7 +376,9 @@ def estimate_optima(batches: list[BatchTrials], maximize: bool, lr_range: tuple[
 def estimate_optimum(trials: BatchTrials, maximize: bool, lr_range: tuple[float, float],
                      rng: np.random.Generator) -> BatchOptimum:
     """The optimum at one batch size, from its trials alone."""
-    return _estimate(trials, _Batch.of(trials, maximize), None, maximize, lr_range, rng)
+    batch = _Batch.of(trials, maximize)
+    batch = None if batch is None else batch.beside_walls(NoisePrior.robust([batch]))
+    return _estimate(trials, batch, None, maximize, lr_range, rng)
 
 
 @lru_cache(maxsize=256)
@@ -372,24 +430,27 @@ def estimate_noise(groups: Groups) -> float | None:
     return _scatter(groups, 0.0).sigma
 
 
-def _scatter(groups: Groups, level: float) -> NoiseEvidence:
-    """Replicates pooled with the difference-based estimate."""
+def _scatter(groups: Groups, level: float, wall: float = math.inf) -> NoiseEvidence:
+    """Replicates pooled with the difference-based estimate (residuals beyond ``wall`` left out)."""
     residuals = _pseudo_residuals(groups)
+    residuals = residuals[np.abs(residuals) <= wall]
     # the mean of the squares, not a robust median: a median of a handful discards exactly the
     # large residuals a lucky run leaves, and noise taken too low would turn luck into bounds
     return NoiseEvidence(groups.ss + float(np.sum(residuals**2)), groups.df + len(residuals), float(level))
 
 
-def _model_scatter(fitted: Groups, valley: LocalValley | None, level: float) -> NoiseEvidence | None:
-    """Replicates pooled with the valley's residuals, where it has at least MODEL_DOF spare degrees of
-    freedom; None otherwise."""
+def _model_scatter(fitted: Groups, valley: LocalValley | None, level: float,
+                   wall: float = math.inf) -> NoiseEvidence | None:
+    """Replicates pooled with the valley's residuals (those beyond ``wall`` left out: a wall the
+    quadratic cannot follow), where it has at least MODEL_DOF spare degrees of freedom; None otherwise."""
     if valley is None:
         return None
-    dof = len(fitted.x) - (3 if valley.symmetric else 4)
+    residuals = np.sqrt(fitted.count) * (fitted.mean - valley.at(fitted.x))
+    kept = np.abs(residuals) <= wall
+    dof = int(kept.sum()) - (3 if valley.symmetric else 4)
     if dof < MODEL_DOF:
         return None
-    ss = fitted.ss + float(np.sum(fitted.count * (fitted.mean - valley.at(fitted.x)) ** 2))
-    return NoiseEvidence(ss, fitted.df + dof, float(level))
+    return NoiseEvidence(fitted.ss + float(np.sum(residuals[kept] ** 2)), fitted.df + dof, float(level))
 
 
 def _pseudo_residuals(g: Groups) -> np.ndarray:
@@ -428,16 +489,16 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
         if other is not None:  # the shape is a choice too: where the other one would say otherwise, say so
             alternative = np.percentile(other.refit(fitted, draws)[0], [2.5, 97.5])
             low_ci, high_ci = min(low_ci, alternative[0]), max(high_ci, alternative[1])
-        trusted = (fitted.x[0] - MARGIN, fitted.x[-1] + MARGIN)
+        span = (fitted.x[0], fitted.x[-1])
     else:
         # the model and the trials disagreed: the middle of the learning rates that did as well as
         # the best (within noise), and an interval out to the trials tried beyond them
         estimate, (low_ci, high_ci) = _as_good_as_best(fitted, noise, tried)
         method, limits, vertex = BEST_TRIALS, (min(limits[0], estimate), max(limits[1], estimate)), estimate
-        grid, curves, trusted = fitted.x, fitted.mean[None, :], (math.inf, -math.inf)
+        grid, curves, span = fitted.x, fitted.mean[None, :], (math.inf, -math.inf)
     estimate, vertex = float(np.clip(estimate, *limits)), float(np.clip(vertex, *limits))
     interval = (min(float(low_ci), estimate, vertex - RESOLUTION), max(float(high_ci), estimate, vertex + RESOLUTION))
-    valley = Valley(groups, noise or 0.0, estimate, batch.cliff, grid, curves, trusted)
+    valley = Valley(groups, noise or 0.0, estimate, batch.cliff, grid, curves, span)
     return estimate, vertex, interval, method, valley, limits
 
 
@@ -486,12 +547,20 @@ class LocalValley:
 
     def agrees(self, fitted: Groups, noise: float | None) -> bool:
         """A valley whose vertex lies where the trials allow (not pushed against the limit), with
-        curvature on both sides, no deeper than what the trials measured (beyond noise)."""
+        curvature on both sides, no deeper than what the trials measured (beyond noise), and that
+        passes through the trials as closely as their noise explains (a chi-square test at 99.9%: a
+        wall the quadratic cannot follow pulls its vertex away from the trials that did best)."""
         if self.on_edge or not (self.coef[1] > 0 and self.coef[2] > 0):
             return False
         best = fitted.mean.min()
         slack = WORSE_Z * (noise or 0.0) + MAX_DIP * (fitted.mean.max() - best)
-        return self.coef[0] >= best - slack
+        if self.coef[0] < best - slack:
+            return False
+        dof = len(fitted.x) - (3 if self.symmetric else 4)
+        if not noise or dof < 1:
+            return True
+        chi2 = float(np.sum(fitted.count * (fitted.mean - self.at(fitted.x)) ** 2)) / noise**2
+        return chi2 <= chdtri(dof, MISFIT)
 
     def refit(self, fitted: Groups, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The same form refitted to each row of redrawn means: vertices and (a, c_low, c_high) rows."""
@@ -612,7 +681,7 @@ def _asymmetry_pays(evidence: list[tuple[float, float, int]]) -> bool:
     return gain / len(usable) > fdtri(len(usable), dof, 0.95) * max(rss, 1e-300) / dof
 
 
-def _clearly_worse(groups: Groups, best: int, noise: float | None) -> np.ndarray:
+def clearly_worse(groups: Groups, best: int, noise: float | None) -> np.ndarray:
     """Which learning rates did worse than the best beyond noise (any worse one, without a noise estimate)."""
     gap = groups.mean - groups.mean[best]
     worse = gap > WORSE_Z * (noise or 0.0) * np.sqrt(1 / groups.count + 1 / groups.count[best])
@@ -622,7 +691,7 @@ def _clearly_worse(groups: Groups, best: int, noise: float | None) -> np.ndarray
 
 def _bounds(groups: Groups, best: int, noise: float | None, cliff: float) -> tuple[float, float]:
     """The nearest learning rates either side of the best that did clearly worse (and the cliff)."""
-    worse, x = _clearly_worse(groups, best, noise), groups.x
+    worse, x = clearly_worse(groups, best, noise), groups.x
     below, above = x[worse & (x < x[best])], x[worse & (x > x[best])]
     return (below.max() if len(below) else -math.inf), min(above.min() if len(above) else math.inf, cliff)
 
@@ -654,7 +723,7 @@ def _window(groups: Groups, best: int, candidates: np.ndarray, noise: float | No
     valley is flat within noise, the model must reach its walls to see where the bottom is; where
     trials crowd around the optimum, it need not stretch across the whole valley."""
     x = groups.x
-    worse = _clearly_worse(groups, best, noise)
+    worse = clearly_worse(groups, best, noise)
     keep = np.zeros(len(x), dtype=bool)
     keep[best] = True
     for step in (-1, 1):
