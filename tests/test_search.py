@@ -111,6 +111,24 @@ def test_a_trial_another_worker_is_running_is_not_proposed_again():
     assert running.params["lr"] > 1e-3 and again.params["lr"] < 1e-3  # the other side instead
 
 
+def test_a_valley_without_a_wall_near_the_estimate_is_searched_towards_the_wall():
+    # the synthetic sqrt valley at B=64: trials crowded just above the optimum (all as good as one
+    # another within noise) and the nearest run that did clearly worse ×3 below them; refining around
+    # the estimate alone never tried the gap, and the reported optimum stayed ×1.3 too high
+    study = optuna.create_study(sampler=ValleySampler(n_startup_trials=1, seed=0))
+    for lr, value in [(1e-4, 9.0), (0.0085, 0.64), (0.0257, 0.355), (0.027, 0.37), (0.0284, 0.38),
+                      (0.0290, 0.36), (0.0344, 0.65), (0.0368, 0.72)]:
+        study.add_trial(create_trial(value=value, params={"lr": lr}, distributions={"lr": LR_DIST}))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        trial = study.ask({"lr": LR_DIST})
+        z = math.log(trial.params["lr"] / 0.02)  # the truth: lr* = 0.02, twice as steep above, 5% noise
+        study.tell(trial, (0.3 + 0.5 * z * z * (2.0 if z > 0 else 1.0)) * (1 + 0.05 * rng.standard_normal()))
+    found = [t.params["lr"] for t in study.trials[8:]]
+    assert any(0.02 / 1.25 < lr < 0.02 * 1.25 for lr in found), found
+    assert all(0.0085 < lr < 0.0368 for lr in found), found  # never past either wall
+
+
 def test_a_search_far_below_its_hint_climbs_to_it():
     study = optuna.create_study()
     for lr, value in [(1e-4, 9.0), (8e-4, 5.0)]:  # the best is the highest tried: bracket upwards
