@@ -141,6 +141,31 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_resumes(project, tmp_path, 
     assert retries[0].user_attrs["retry_of"] == dead.number  # recorded the same way on every storage
 
 
+@pytest.mark.parametrize("workers, stop, code", [(2, signal.SIGTERM, 143), (2, signal.SIGINT, 130),
+                                                (1, signal.SIGTERM, 143)])
+def test_a_stopped_run_stops_its_workers_and_leaves_no_trial_running(project, tmp_path, workers, stop, code):
+    # SIGTERM used to orphan both workers (they ran the study to its end); SIGINT to the parent alone
+    # returned after 30 s with trials left RUNNING; a single run exited 143 without a word
+    url = str(tmp_path / "s.journal")
+    spec = project(n_trials=40, sleep=0.3)
+    parent = subprocess.Popen([str(Path(sys.executable).parent / "tuner"), "run", str(spec), "--storage", url,
+                               "--workers", str(workers), "--no-fit"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: (study := try_load(url)) is not None and len(finished(study)) >= 2 and any(
+        t.params for t in study.get_trials(states=[TrialState.RUNNING])))
+    started = time.monotonic()
+    parent.send_signal(stop)  # to the parent alone, as a service manager or `kill` does
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == code and time.monotonic() - started < 20
+    assert "run the same command to resume" in err.splitlines()[-1]
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # nothing of the run's process group is left
+        os.killpg(parent.pid, 0)
+    study = load(url)
+    assert not study.get_trials(states=[TrialState.RUNNING]) and len(finished(study)) < 40
+    assert study.get_trials(states=[TrialState.FAIL])  # the trials under way, recorded as failed
+
+
 def test_bad_input_against_postgres_changes_nothing(project, postgres_url, tmp_path):
     spec = project(n_trials=6, sleep=0.0)
     assert tuner("run", str(spec), "--storage", postgres_url, cwd=tmp_path).returncode == 0

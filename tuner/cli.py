@@ -30,7 +30,7 @@ class _OneLineErrors(click.Group):
         except (WorkloadFailing, StorageFailing) as e:
             _fail(str(e), 1)
         except Interrupted as e:
-            _fail(str(e), 130)
+            _fail(str(e), e.exit_code)
         except click.Abort:
             _fail("aborted", 130)
 

@@ -10,7 +10,21 @@ class WorkloadFailing(RuntimeError):
 
 
 class Interrupted(Exception):
-    """The user stopped a run (Ctrl+C): the CLI exits with 130 and says how to resume."""
+    """The user stopped a run (Ctrl+C, or SIGTERM): the CLI exits with 128 + the signal's number
+    (130, 143) and says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (see ``tuner.workers.stopped_by_signals``): raised where the run is,
+    as Ctrl+C is, so that Optuna fails the trial under way instead of leaving it RUNNING."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class StorageFailing(RuntimeError):

@@ -13,6 +13,7 @@ checked against it, and ``tuner worker`` can join with nothing but the study's n
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import InputError, Interrupted, StorageFailing, WorkloadFailing
+from tuner.errors import InputError, Interrupted, Stopped, StorageFailing, WorkloadFailing
 from tuner.fit import FitResult, fit_study, save_fit
 from tuner.progress import TrialProgress
 from tuner.recovery import mark_worker, recover_dead_trials
@@ -41,7 +42,7 @@ from tuner.trials import (
     OUT_OF_MEMORY,
     SPEC_ATTR,
 )
-from tuner.workers import WORKER_INDEX_ENV, start_workers, wait
+from tuner.workers import WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
 from tuner.workload import Workload, load_workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
@@ -103,13 +104,16 @@ def search(spec: StudySpec, workload: Workload, storage: str | None = None, *, w
     study = open_study(spec, open_storage(url, create=True))
     progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes, enabled=not quiet)
     try:
-        if workers == 1:
-            run_study(study, spec, workload, callbacks=[progress])
-        else:
-            _run_workers(study, url, workers, list(import_dirs), progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; finished trials are kept in {redact(url)}: "
-                          "run the same command to resume") from None
+        with stopped_by_signals():
+            if workers == 1:
+                run_study(study, spec, workload, callbacks=[progress])
+            else:
+                _run_workers(study, url, workers, list(import_dirs), progress)
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        raise Interrupted(f"{what}; finished trials are kept in {redact(url)}: run the same command to resume",
+                          exit_code=128 + signum) from None
     finally:
         progress.close()
     return study, url

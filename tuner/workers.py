@@ -8,17 +8,23 @@ does not show in the process list.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from tuner.errors import Stopped
 from tuner.storage import STORAGE_ENV
 
 WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"  # 1…K: gives each local worker its own random stream
 
 POLL_SECONDS = 0.5
+STOP_SECONDS = 30  # how long stopped workers may take to record their trial as failed before a SIGKILL
 
 
 def cuda_devices() -> list[str]:
@@ -54,17 +60,50 @@ def start_workers(study_name: str, storage: str, workers: int, import_dirs: list
 
 
 def wait(processes: list[subprocess.Popen], on_poll) -> list[int]:
-    """Call ``on_poll()`` every POLL_SECONDS until every process has exited; their exit codes."""
+    """Call ``on_poll()`` every POLL_SECONDS until every process has exited; their exit codes.
+    Stopped (Ctrl+C, SIGTERM), it stops the workers too and waits for them to record their trials."""
     try:
         while any(p.poll() is None for p in processes):
             on_poll()
             time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too: let them finish up
+    except KeyboardInterrupt:
+        # a terminal's Ctrl+C reached the workers already (they ignore this second signal); a
+        # SIGTERM or a SIGINT sent to this process alone did not
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
         for p in processes:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         raise
     on_poll()
     return [p.returncode for p in processes]
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run alike: the first raises ``Stopped`` where the run is (a
+    KeyboardInterrupt, which Optuna turns into a FAIL for the trial under way, then re-raises);
+    later ones are ignored, so that a second Ctrl+C, or the SIGTERM a parent forwards after the
+    terminal's SIGINT, cannot interrupt that bookkeeping and leave the trial RUNNING. Outside the
+    main thread (where Python allows no handlers) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum, frame) -> None:
+        if not received:
+            received.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
