@@ -143,6 +143,15 @@ class Valley:
             return max(0.0, float(diff.mean())), float(diff.std())
         return max(0.0, here[0] - best[0]), math.hypot(here[1], best[1])
 
+    def expected_regret(self) -> float | None:
+        """How much worse the metric is at the estimate than at the bottom of each bootstrap valley,
+        averaged over them: what the estimate's uncertainty is likely to cost, in the metric's units.
+        None where no model was fitted (the valley is read off the trials)."""
+        if len(self.curves) < 2:
+            return None
+        at = np.array([np.interp(self.optimum_x, self.grid, curve) for curve in self.curves])
+        return float(np.mean(at - self.curves.min(axis=1)))
+
     def _priced(self, x: float) -> tuple[float, float, np.ndarray | None] | None:
         """(mean, standard error, the model's bootstrap values or None where read off the trials).
         Within the trials the model was fitted to it stands for the metric; up to MARGIN beyond them
@@ -166,25 +175,20 @@ class Valley:
         return (*read, None) if overruled else model
 
     def _read_off(self, x: float) -> tuple[float, float] | None:
-        """The metric in line between the trials either side of ``x``; None past them or across a gap."""
+        """The metric in line between the trials either side of ``x`` (across a gap no wider than
+        MAX_GAP), else that of a trial within MARGIN of it; None where no trial says."""
         g = self.groups
-        if not self._near_trials(x) or not g.x[0] <= x <= g.x[-1]:
-            return None
         right = min(int(np.searchsorted(g.x, x)), len(g.x) - 1)
         left = max(right - 1, 0)
-        share = 0.0 if right == left else (x - g.x[left]) / (g.x[right] - g.x[left])
-        mean = (1 - share) * g.mean[left] + share * g.mean[right]
-        se = self.noise * math.sqrt((1 - share) ** 2 / g.count[left] + share**2 / g.count[right])
-        return float(mean), float(se)
-
-    def _near_trials(self, x: float) -> bool:
-        g = self.groups.x
-        right = int(np.searchsorted(g, x))
-        if right == 0:
-            return g[0] - x <= MARGIN
-        if right == len(g):
-            return x - g[-1] <= MARGIN
-        return g[right] - g[right - 1] <= MAX_GAP or g[right] == x
+        if g.x[0] <= x <= g.x[-1] and (g.x[right] - g.x[left] <= MAX_GAP or g.x[right] == x):
+            share = 0.0 if right == left else (x - g.x[left]) / (g.x[right] - g.x[left])
+            mean = (1 - share) * g.mean[left] + share * g.mean[right]
+            se = self.noise * math.sqrt((1 - share) ** 2 / g.count[left] + share**2 / g.count[right])
+            return float(mean), float(se)
+        nearest = int(np.argmin(np.abs(g.x - x)))  # a learning rate next to a run costs what that run did
+        if abs(g.x[nearest] - x) <= MARGIN:
+            return float(g.mean[nearest]), float(self.noise / math.sqrt(g.count[nearest]))
+        return None
 
 
 class BatchOptimum(Frozen):
@@ -477,7 +481,7 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
         return estimate, estimate, interval, method, _interpolated(groups, noise, estimate, batch.cliff), interval
     limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
     valley = LocalValley.fit(fitted, limits, asymmetric)
-    if valley is not None and valley.agrees(fitted, noise):
+    if valley is not None and valley.agrees(fitted, noise, limits):
         spread = np.maximum(np.abs(fitted.mean - valley.at(fitted.x)), (noise or 0.0) / np.sqrt(fitted.count))
         draws = valley.at(fitted.x)[None, :] + spread[None, :] * rng.standard_normal((N_BOOTSTRAP, len(fitted.x)))
         vertices, coefs = valley.refit(fitted, draws)
@@ -513,7 +517,6 @@ class LocalValley:
     coef: np.ndarray              # (a, c_low, c_high)
     grid: np.ndarray              # the candidate vertices
     symmetric: bool
-    on_edge: bool                 # the best vertex is at the end of where it may go
 
     @classmethod
     def fit(cls, fitted: Groups, limits: tuple[float, float], asymmetric: bool | None = None) -> LocalValley | None:
@@ -529,7 +532,7 @@ class LocalValley:
         rss, k = fits[symmetric]
         vertex = _polish(fitted, grid, k, symmetric)
         coef = _profile(fitted, np.array([vertex]), fitted.mean[None, :], symmetric)[1][0, 0]
-        return cls(vertex, coef, grid, symmetric, k in (0, len(grid) - 1))
+        return cls(vertex, coef, grid, symmetric)
 
     def other_form(self, fitted: Groups) -> LocalValley | None:
         """The same valley with one curvature where this one has two, or two where it has one."""
@@ -540,17 +543,21 @@ class LocalValley:
             return None
         k = int(np.nanargmin(rss[0]))
         coef = _profile(fitted, self.grid[k:k + 1], fitted.mean[None, :], not self.symmetric)[1][0, 0]
-        return LocalValley(float(self.grid[k]), coef, self.grid, not self.symmetric, k in (0, len(self.grid) - 1))
+        return LocalValley(float(self.grid[k]), coef, self.grid, not self.symmetric)
 
     def at(self, x: np.ndarray) -> np.ndarray:
         return _valley_values(self.coef[None, :], np.atleast_1d(x)[None, :] - self.vertex)[0]
 
-    def agrees(self, fitted: Groups, noise: float | None) -> bool:
-        """A valley whose vertex lies where the trials allow (not pushed against the limit), with
+    def agrees(self, fitted: Groups, noise: float | None, limits: tuple[float, float]) -> bool:
+        """A valley whose vertex lies where the trials allow (within RESOLUTION of ``limits``: a vertex
+        beyond them is a slope extrapolated into the gap before a wall or a cliff, where a run did
+        clearly worse, not a bottom the trials saw; clipped to the limit, next to a cliff, it cost
+        ×3 the metric on the panel's quadratic), with
         curvature on both sides, no deeper than what the trials measured (beyond noise), and that
         passes through the trials as closely as their noise explains (a chi-square test at 99.9%: a
         wall the quadratic cannot follow pulls its vertex away from the trials that did best)."""
-        if self.on_edge or not (self.coef[1] > 0 and self.coef[2] > 0):
+        inside = limits[0] - RESOLUTION <= self.vertex <= limits[1] + RESOLUTION
+        if not inside or not (self.coef[1] > 0 and self.coef[2] > 0):
             return False
         best = fitted.mean.min()
         slack = WORSE_Z * (noise or 0.0) + MAX_DIP * (fitted.mean.max() - best)
@@ -645,9 +652,9 @@ def _valley_values(coef: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def _vertex_grid(fitted: Groups, limits: tuple[float, float]) -> np.ndarray:
-    """Candidate vertices: where the vertex may go, and MARGIN beyond each end. A vertex a little past
-    a limit is clipped to it (the trials allow the optimum up to there); one that runs to the end of
-    the grid is the model disagreeing with them."""
+    """Candidate vertices: where the vertex may go, and MARGIN beyond each end (a valley whose trials
+    only descend puts its vertex past the limit, where ``LocalValley.agrees`` sees the model
+    disagreeing with the trials, instead of on it)."""
     low, high = max(limits[0], fitted.x[0] - MARGIN), min(limits[1], fitted.x[-1] + MARGIN)
     if not high > low:
         return np.zeros(0)
