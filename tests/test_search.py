@@ -50,9 +50,31 @@ def storage(tmp_path):
 
 
 @pytest.mark.parametrize("sampler", ["valley", "tpe", "random"])
-def test_trials_are_shared_evenly_among_batch_sizes(storage, sampler):
-    study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES, "sampler": sampler})
+def test_even_shares_give_every_batch_size_the_same_trials(storage, sampler):
+    study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES, "sampler": sampler,
+                                                          "shares": "even"})
     assert Counter(t.params["batch_size"] for t in study.trials) == {b: 10 for b in SIZES}
+
+
+def noisy_at_512(run):
+    """The valley, with seed noise of 30% at B=512 and 0.3% elsewhere: only 512's optimum stays uncertain."""
+    z = math.log(run.lr / true_optimum(run.batch_size))
+    if z > math.log(8):
+        return math.nan
+    noise = 0.3 if run.batch_size == 512 else 0.003
+    final = (1.0 + z * z) * (1.0 + noise * np.random.default_rng(run.seed).standard_normal())
+    for k in range(1, 5):
+        run.report(k * 1000, final + (4 - k) * 0.1)
+    return final
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_batch_size_whose_optimum_is_uncertain_gets_more_trials_and_none_less_than_half(storage, seed):
+    study = run(storage, train=noisy_at_512, study={"n_trials": 80, "seed": seed},
+                search={"batch_sizes": SIZES, "pruner": "none"})
+    counts = Counter(t.params["batch_size"] for t in study.trials)
+    assert counts[512] > max(counts[b] for b in SIZES if b != 512)
+    assert min(counts.values()) >= max(counts.values()) / 2 - 1
 
 
 def test_each_batch_size_finds_its_own_optimum(storage):

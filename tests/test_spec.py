@@ -46,6 +46,7 @@ BAD = [
     ("search", "batch_sizes", 8, "[search] batch_sizes"),
     ("search", "sampler", "cmaes", "[search] sampler"),
     ("search", "startup_trials", 0, "[search] startup_trials"),
+    ("search", "shares", "uneven", "[search] shares"),
     ("search", "warm_start", "yes", "[search] warm_start"),
     ("search", "pruner", "hyperband", "[search] pruner"),
     ("search", "pruner_startup_trials", 1.5, "[search] pruner_startup_trials"),

@@ -85,7 +85,8 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
         workers: int, no_fit: bool) -> None:
     """Search the learning rate at every batch size of the study file SPEC, then fit the rules.
 
-    Trials are shared evenly among batch sizes and pruned only against their own batch size.
+    Every batch size gets trials (more where its optimum is still uncertain), each pruned only
+    against its own batch size.
     An existing study resumes until it holds n_trials finished (complete or pruned) trials;
     batch sizes and the learning-rate range may grow between runs. The fit (as `tuner fit`)
     is stored in the study. The same command on several machines, with one PostgreSQL

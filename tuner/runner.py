@@ -197,7 +197,7 @@ def make_sampler(spec: StudySpec, stream: tuple[int, ...] = ()) -> BatchSizeSamp
     if warm_start is None:
         warm_start = spec.study.n_trials < WARM_START_BELOW * len(search.batch_sizes)
     return BatchSizeSampler(search.batch_sizes, lr_sampler=lr_samplers[search.sampler](),
-                            warm_start=warm_start, seed=seed)
+                            warm_start=warm_start, adaptive=search.shares == "adaptive", seed=seed)
 
 
 def make_pruner(spec: StudySpec) -> BasePruner:

@@ -52,6 +52,7 @@ class SearchTable(_Table):
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     sampler: Literal["valley", "tpe", "random"] = "valley"
     startup_trials: PositiveInt = 4
+    shares: Literal["adaptive", "even"] = "adaptive"
     warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
     replicates: Literal["auto"] | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = "auto"
     pruner: Literal["valley", "median", "none"] = "valley"

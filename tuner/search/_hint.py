@@ -7,6 +7,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from tuner.fit._optimum import BEST_TRIALS, QUADRATIC
+from tuner.search._valley import fit_of
 from tuner.trials import LR, Outcome, by_batch_size, outcome_of
 
 # Theory bounds the slope of log lr* against log B between 0 (saturated) and 1 (linear scaling);
@@ -16,7 +18,8 @@ _SLOPE_UNKNOWN = 0.5
 
 
 def lr_hint(study: optuna.Study, batch_size: int) -> float | None:
-    """The learning rate that the best complete trials of the other batch sizes point to, interpolated
+    """The learning rate that the other batch sizes' optima point to (``tuner.fit``'s estimate from
+    their trials so far, or their best trial while too few ran for one), interpolated
     on log-log axes between the nearest batch sizes below and above (extrapolated beyond them with
     their slope, kept within 0..1); None before any other batch size has a complete trial."""
     best = _best_lr_per_batch_size(study)
@@ -36,14 +39,22 @@ def lr_hint(study: optuna.Study, batch_size: int) -> float | None:
 
 
 def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    complete = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    finished = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
     best = {}
-    for batch_size, trials in by_batch_size(complete).items():
+    for batch_size, trials in by_batch_size(finished).items():
         usable = [t for t in trials if outcome_of(t) == Outcome.COMPLETE and _positive(t.params.get(LR))]
         if usable:
-            best[batch_size] = min(usable, key=lambda t: sign * t.value).params[LR]
+            best[batch_size] = _estimate(trials, maximize) or min(
+                usable, key=lambda t: (-1.0 if maximize else 1.0) * t.value).params[LR]
     return best
+
+
+def _estimate(trials: list, maximize: bool) -> float | None:
+    """Where the fit puts the optimum from these trials; None while it rests on one trial: on a
+    valley between sparse trials the best one can sit ×1.5 off, and the hint extrapolates that."""
+    fit = fit_of(trials, maximize)
+    return fit.lr if fit is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
 
 def _positive(lr) -> bool:

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.fit._data import batch_trials
 from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, clearly_worse, estimate_cached
-from tuner.trials import Outcome, is_diverged, outcome_of
+from tuner.trials import LR, Outcome, is_diverged, outcome_of
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MIN_GAP = math.log(1.25)   # a gap towards the cliff narrower than this is closed
@@ -150,12 +150,8 @@ class ValleySampler(BaseSampler):
              low: float, high: float) -> BatchOptimum | None:
         """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
         single trial is often a lucky one, and refining around it keeps the search on one side."""
-        trials = batch_trials(earlier, param=name)
-        if len(trials.x) < MIN_COMPLETE:
-            return None
-        fit = estimate_cached(tuple(trials.x), tuple(trials.value), tuple(trials.pruned_x), tuple(trials.diverged_x),
-                              direction == StudyDirection.MAXIMIZE, (math.exp(low), math.exp(high)))
-        return fit if fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
+        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name, (math.exp(low), math.exp(high)))
+        return fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
     def _toward_a_wall(self, fit: BatchOptimum | None, center: float, cliff: float,
                        stopped: list[float]) -> float | None:
@@ -199,6 +195,21 @@ class ValleySampler(BaseSampler):
         if abs(groups.x[nearest] - center) > _REPLICATE_REACH or groups.count[nearest] >= MAX_RUNS:
             return None  # no run close to the optimum yet: a new learning rate says more
         return float(groups.x[nearest])
+
+
+def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
+           lr_range: tuple[float, float] | None = None) -> BatchOptimum | None:
+    """``tuner.fit``'s estimate of the optimum from one batch size's trials (remembered between calls:
+    the samplers and the pruner ask again and again); None with fewer than MIN_COMPLETE complete.
+    ``lr_range``: the search's (default: the range tried), where an estimate on one trial reaches."""
+    found = batch_trials(trials, param=param)
+    if len(found.x) < MIN_COMPLETE:
+        return None
+    if lr_range is None:
+        tried = np.concatenate([found.x, found.pruned_x, found.diverged_x])
+        lr_range = (math.exp(tried.min()), math.exp(tried.max()))
+    return estimate_cached(tuple(found.x), tuple(found.value), tuple(found.pruned_x), tuple(found.diverged_x),
+                           maximize, lr_range)
 
 
 def _auto_share(fit: BatchOptimum) -> float:
