@@ -150,3 +150,16 @@ class TestResume:
     def test_incompatible_changes_are_refused(self, change, words):
         with pytest.raises(InputError, match=words):
             parse_spec(spec_dict(**change)).check_continues(self.old)
+
+
+@pytest.mark.parametrize("option", ["noise = nan", "noise = -inf", "sizes = [1.0, inf]", "inner = {a = nan}"])
+def test_a_workload_option_that_is_not_a_finite_number_is_refused(tmp_path, option):
+    # the spec is stored in the study as JSON, which has no nan: it was stored as null and then
+    # refused as "got None", or handed to a custom workload as None
+    path = tmp_path / "study.toml"
+    text = toml_text(spec_dict()).replace("[workload]\n", f"[workload]\n{option}\n")
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        load_spec(path)
+    key = option.split(" ")[0]
+    assert f"[workload] {key} must be a finite number, got" in str(error.value)

@@ -13,11 +13,12 @@ Every key is checked (type, range) and an unknown key is an error, so a typo is 
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuner.errors import InputError
 
@@ -87,9 +88,27 @@ class WorkloadTable(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
     target: str
 
+    @model_validator(mode="after")
+    def _finite(self) -> WorkloadTable:
+        # the spec is stored in the study as JSON, where nan and inf cannot go (they became None)
+        for key, value in (self.model_extra or {}).items():
+            if _not_finite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return self
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_not_finite(v) for v in value)
+    return False
 
 
 class StudySpec(_Table):
@@ -174,7 +193,8 @@ def describe_error(error: ValidationError, table: str | None = None,
         text = f"{where}: unknown key{known}"
     else:
         message = first["msg"].removeprefix("Value error, ")
-        text = f"{where}: {message[:1].lower()}{message[1:]}"
+        # a table's own check names the key itself: '[workload] noise must be a finite number'
+        text = f"{where}{' ' if kind == 'value_error' and len(loc) == 1 else ': '}{message[:1].lower()}{message[1:]}"
         if kind != "value_error":
             text += f", got {given!r}"
     more = len(problems) - 1
