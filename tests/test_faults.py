@@ -188,6 +188,26 @@ def test_an_export_to_a_read_only_folder_is_one_line(tmp_path, fitted):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root")
+def test_a_journal_on_a_read_only_filesystem_is_read_and_refuses_writes_in_one_line(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        spec, store = write(tmp_path, study={"name": "test", "n_trials": 32}, search={"lr": [1e-4, 8.0]}), \
+            disk / "t.journal"
+        assert tuner("run", str(spec), "--storage", str(store), cwd=tmp_path).returncode == 0
+        before = store.read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for command in (["fit", "test"], ["run", str(spec), "--n-trials", "30"]):
+            line = one_line_error(tuner(*command, "--storage", str(store), cwd=tmp_path), 2)
+            assert "cannot be written" in line and "Read-only file system" in line
+        assert tuner("studies", "--storage", str(store), cwd=tmp_path).returncode == 0  # reading needs no lock
+        assert store.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 @pytest.mark.parametrize(("target", "says"), [
     ("/proc/lr.json", "cannot write /proc/lr.json"),
     ("/dev/full", "not a regular file"),

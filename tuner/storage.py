@@ -138,7 +138,12 @@ class _KernelLock(BaseJournalFileLock):
 
     def acquire(self) -> bool:
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as e:  # a read-only filesystem or folder: reading needs no lock, writing does
+                journal = self._path.removesuffix(".lock")
+                raise InputError(f"storage {journal} cannot be written: its lock file {self._path}: "
+                                 f"{e.strerror or e}; copy the journal to a writable folder") from None
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return True
 
