@@ -87,6 +87,29 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_journal_stays_whole(tmp_p
 
 # --- 2. a file that is not a storage -----------------------------------------------------------------
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_full_disk_under_sqlite_stops_the_run_saying_so(tmp_path):
+    # Optuna wraps the database's words in "exceeding max length"; the trials after it failed as
+    # "interrupted" and the run stopped five later "with unknown error"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], check=True)
+    try:
+        spec, url = write(tmp_path, study={"name": "test", "n_trials": 400}), f"sqlite:///{disk / 's.db'}"
+        p = tuner("run", str(spec), "--storage", url, "--no-fit", cwd=tmp_path)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        last = p.stderr.strip().splitlines()[-1]
+        assert last == "Error: the study's storage failed to write: database or disk is full; the trials " \
+                       "finished before it are kept"
+        storage = optuna.storages.RDBStorage(url)
+        try:
+            assert len(optuna.load_study(study_name="test", storage=storage).get_trials(states=FINISHED)) > 0
+        finally:
+            storage.engine.dispose()  # the file must be closed before its filesystem is unmounted
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 @pytest.mark.parametrize("content", [b"hello\n", b"my notes\nline two\n", bytes(range(256)) * 4])
 def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path, content):
     notes = tmp_path / "notes.txt"

@@ -31,7 +31,8 @@ class TrialProgress:
         if trial.state == TrialState.FAIL:
             lr = trial.params.get(LR, float("nan"))
             tqdm.write(f"trial {trial.number} failed (batch {batch_size}, lr {lr:.3g}): "
-                       f"{trial.user_attrs.get(ERROR, 'interrupted')}", file=sys.stderr)
+                       f"{trial.user_attrs.get(ERROR, 'no error recorded (stopped, or its storage failed)')}",
+                       file=sys.stderr)
         self._bar.n = min(count_finished(study), self._bar.total)
         self._show_best()
 

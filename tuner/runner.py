@@ -25,6 +25,7 @@ from optuna.pruners import BasePruner, NopPruner
 from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuner.errors import InputError, Interrupted, Stopped, StorageFailing, WorkloadFailing
 from tuner.fit import FitResult, fit_study, save_fit
@@ -209,17 +210,33 @@ def make_pruner(spec: StudySpec) -> BasePruner:
                                   n_warmup_steps=search.pruner_warmup_samples))
 
 
-def objective_for(spec: StudySpec, workload: Workload) -> Callable[[optuna.Trial], float]:
+def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = None) -> Callable[[optuna.Trial], float]:
+    """The trial: a batch size, a learning rate, a training run. A storage that fails to write (a
+    full disk, a database gone) is not the workload failing: ``watch`` is told, to stop the run."""
     sizes, (low, high) = spec.search.batch_sizes, spec.search.lr
 
     def objective(trial: optuna.Trial) -> float:
-        mark_worker(trial.study, trial)
-        # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
-        batch_size = trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True)
-        lr = trial.suggest_float(LR, low, high, log=True)
-        return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
+        try:
+            mark_worker(trial.study, trial)
+            # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
+            batch_size = trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True)
+            lr = trial.suggest_float(LR, low, high, log=True)
+            return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+            failure = StorageFailing(f"the study's storage failed to write: {_root_cause(e)}; the trials "
+                                     "finished before it are kept")
+            if watch is not None:
+                watch.storage_failure = failure
+            raise failure from e
 
     return objective
+
+
+def _root_cause(error: BaseException) -> str:
+    """The database's own words (``database or disk is full``), not Optuna's guess that wraps them."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(getattr(error, "orig", None) or error).splitlines()[0]
 
 
 def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
@@ -233,7 +250,7 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
         return
     watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
     try:
-        study.optimize(objective_for(spec, workload), catch=(Exception,), callbacks=[watch, *callbacks])
+        study.optimize(objective_for(spec, workload, watch), catch=(Exception,), callbacks=[watch, *callbacks])
     except Exception as e:  # Optuna masks a failed write of the trial's end with "Should not reach"
         raise _storage_failure(e) or e from None
     watch.raise_if_stopped_early()
@@ -263,6 +280,7 @@ class _Watch:
         self.n_trials, self.batch_sizes = n_trials, set(batch_sizes)
         self.infeasible: set[int] = set()
         self.failures_in_a_row, self.last_error = 0, ""
+        self.storage_failure: StorageFailing | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(OUT_OF_MEMORY):
@@ -270,16 +288,19 @@ class _Watch:
             study.set_user_attr(INFEASIBLE_ATTR, sorted(self.infeasible))
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
-            self.last_error = trial.user_attrs.get(ERROR, "unknown error")
+            self.last_error = trial.user_attrs.get(ERROR, "no error recorded")
         else:
             self.failures_in_a_row = 0
         if self._stopped_early() or _done(study, self.n_trials):
             study.stop()
 
     def _stopped_early(self) -> bool:
-        return self.batch_sizes <= self.infeasible or self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES
+        return (self.storage_failure is not None or self.batch_sizes <= self.infeasible
+                or self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES)
 
     def raise_if_stopped_early(self) -> None:
+        if self.storage_failure is not None:
+            raise self.storage_failure
         if self.batch_sizes <= self.infeasible:
             raise WorkloadFailing(f"every batch size ran out of memory ({sorted(self.infeasible)}); "
                                   "try smaller batch sizes or a smaller model")

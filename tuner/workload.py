@@ -169,6 +169,8 @@ def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: floa
     except optuna.TrialPruned:
         _record(trial, run, Outcome.PRUNED)
         raise
+    except optuna.exceptions.StorageInternalError:  # a report's write failed: the storage's fault, not
+        raise                                        # the workload's (and recording it would fail too)
     except Exception as e:
         _record(trial, run, Outcome.FAILED, error=describe_exception(e))
         if is_out_of_memory(e):
