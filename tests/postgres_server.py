@@ -38,6 +38,11 @@ class PostgresServer:
     def version(self) -> str:
         return subprocess.run([self._pg_ctl, "--version"], capture_output=True, text=True).stdout.strip()
 
+    def halt(self) -> None:
+        """Stop the server as an administrator would (fast shutdown), leaving its files."""
+        subprocess.run([*self._as_user, self._pg_ctl, "-D", str(self.folder / "data"), "-m", "fast", "stop"],
+                       capture_output=True)
+
     def stop(self) -> None:
         subprocess.run([*self._as_user, self._pg_ctl, "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
                        capture_output=True)

@@ -256,3 +256,24 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path
     time.sleep(1.5)
     assert recover_dead_trials(study) == [0]
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_a_database_stopped_mid_run_stops_the_run_in_one_line(project, tmp_path):
+    # before: a 327-line traceback ending in Optuna's UnboundLocalError
+    from postgres_server import create_database, start_postgres
+
+    server = start_postgres()  # its own: this test stops it
+    try:
+        url = create_database(server.url, "stopped")
+        run = start(["run", str(project(n_trials=200, sleep=0.05)), "--storage", url, "--no-fit"], tmp_path)
+        deadline = time.monotonic() + 60
+        while len(finished(try_load(url) or optuna.create_study())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.halt()
+        _, err = run.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("trial ")]
+        assert run.returncode == 1 and len(lines) == 1, err
+        assert lines[0].startswith("Error: the study's storage failed to write: ") and "Traceback" not in err
+        assert "the database system is shutting down" in lines[0] or "connection" in lines[0]
+    finally:
+        server.stop()

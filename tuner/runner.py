@@ -223,8 +223,7 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
             lr = trial.suggest_float(LR, low, high, log=True)
             return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
-            failure = StorageFailing(f"the study's storage failed to write: {_root_cause(e)}; the trials "
-                                     "finished before it are kept")
+            failure = _failed_write(e)
             if watch is not None:
                 watch.storage_failure = failure
             raise failure from e
@@ -257,10 +256,20 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
 
 
 def _storage_failure(error: BaseException | None) -> StorageFailing | None:
-    """The StorageFailing behind ``error``, if a failed write is what it comes from."""
-    while error is not None and not isinstance(error, StorageFailing):
+    """The StorageFailing behind ``error``, if a failed write is what it comes from (Optuna masks
+    one that fails the trial's end with "Should not reach", or an UnboundLocalError)."""
+    while error is not None:
+        if isinstance(error, StorageFailing):
+            return error
+        if isinstance(error, (optuna.exceptions.StorageInternalError, SQLAlchemyError)):
+            return _failed_write(error)
         error = error.__cause__ or error.__context__
-    return error
+    return None
+
+
+def _failed_write(error: BaseException) -> StorageFailing:
+    return StorageFailing(f"the study's storage failed to write: {_root_cause(error)}; the trials finished "
+                          "before it are kept")
 
 
 def _done(study: optuna.Study, n_trials: int) -> bool:
