@@ -166,28 +166,30 @@ def test_recommendation_prefers_the_simpler_rule_when_the_data_cannot_tell():
     assert recommend(rules(linear=10.0, sqrt=9.5, power=20.0, saturating=8.0)) == "sqrt"
 
 
-def test_a_rule_is_not_ruled_out_by_a_cost_within_the_noise_of_the_trials():
-    # the 15%-noise valley of the panel, one seed: the power law (the truth) lost 1.2% ± 1.7% at
-    # B=256, the saturating rule nothing measurable; on the point costs the saturating rule was
-    # recommended, and it cost 32% at B=512
+def test_a_large_cost_rules_a_rule_out_even_where_its_noise_is_large():
+    # the momentum MLP of the panel, one seed: the square-root rule cost 0.015 ± 0.008 at B=8 (52% of
+    # the loss; it diverges there on the 8-seed grid). Discounted by its noise it looked free, and as
+    # the rule with one parameter it was recommended
     from tuner.fit._optimum import BatchOptimum
     from tuner.fit._rules import N_PARAMS, Rule
     from tuner.fit._verdict import recommend
 
-    optima = [BatchOptimum(batch_size=b, lr=0.01, ci=(0.005, 0.02), n_trials=16, n_complete=12, best_value=0.3)
-              for b in (64, 128, 256)]
+    best = (0.029, 0.027, 0.025, 0.032, 0.038, 0.032, 0.047)
+    optima = [BatchOptimum(batch_size=8 * 2**k, lr=0.01, ci=(0.005, 0.02), n_trials=17, n_complete=15,
+                           best_value=value) for k, value in enumerate(best)]
 
     def rule(name, bic, costs, errors):
         return Rule(name=name, n_params=N_PARAMS[name], bic=bic, metric_cost=costs, metric_cost_se=errors)
 
-    rules = {"linear": rule("linear", 14.0, (0.2, 0.01, 0.1), (0.05, 0.02, 0.04)),
-             "sqrt": rule("sqrt", 12.0, (0.1, 0.005, 0.05), (0.03, 0.01, 0.02)),
-             "power": rule("power", 4.3, (0.0, 0.0028, 0.0119), (0.002, 0.0117, 0.0172)),
-             "saturating": rule("saturating", 5.5, (0.0053, 0.0003, 0.0015), (0.016, 0.0048, 0.0069))}
+    rules = {"linear": rule("linear", 651.2, (0.0126, 0.0, 0.0032, 0.0059, 0.0021, 0.0086, 0.0458),
+                            (0.0097, 0.0093, 0.009, 0.0067, 0.0023, 0.0067, 0.0132)),
+             "sqrt": rule("sqrt", 4.7, (0.0152, 0.0, 0.0087, 0.0026, 0.0005, 0.0009, 0.0002),
+                          (0.0081, 0.0083, 0.0079, 0.004, 0.0008, 0.0015, 0.0008)),
+             "power": rule("power", 4.7, (0.0047, 0.0, 0.0, 0.0074, 0.001, 0.0027, 0.008),
+                           (0.0055, 0.0078, 0.0091, 0.0077, 0.0015, 0.003, 0.0075)),
+             "saturating": rule("saturating", 4.9, (0.0001, 0.0, 0.0, 0.0063, 0.0, 0.0003, 0.001),
+                                (0.0006, 0.0077, 0.0091, 0.0069, 0.0001, 0.0009, 0.002))}
     assert recommend(rules, optima) == "power"
-    # a cost far beyond its noise still rules a rule out
-    clear = {**rules, "power": rule("power", 4.3, (0.0, 0.0028, 0.05), (0.002, 0.0117, 0.005))}
-    assert recommend(clear, optima) == "saturating"
 
 
 # --- ground truth: the built-in noisy quadratic -------------------------------------------------------

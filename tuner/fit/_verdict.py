@@ -1,10 +1,9 @@
 """Which rule to use over which batch range, with numbers a person can act on.
 
 The recommendation is the rule with the lowest BIC; rules within ``BIC_TIE`` of it count as just as
-good, and of those the ones that clearly lose (beyond the noise of the trials) about the least metric
-at their worst batch size measured (within 2% of the metric, or twice it) are kept; then the one with
-fewer parameters wins (a rule people already know, when the data cannot tell it apart from a fancier
-one), then the lower BIC.
+good, and of those the ones that lose about the least metric at their worst batch size measured
+(within 2% of the metric, or twice it) are kept; then the one with fewer parameters wins (a rule
+people already know, when the data cannot tell it apart from a fancier one), then the lower BIC.
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from tuner.fit._optimum import (
     NO_COMPLETE,
     NO_SIGNAL,
     TOLERATED,
-    WORSE_Z,
     BatchOptimum,
 )
 from tuner.fit._rules import FIXED_ALPHA, LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
@@ -43,17 +41,14 @@ def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) 
 
 
 def _worst_cost(rule: Rule, optima: list[BatchOptimum] | None) -> float:
-    """What following the rule clearly costs at its worst batch size measured (its cost less WORSE_Z
-    standard errors), as a share of the metric there (inf where it diverges; 0 without costs). With
-    noisy trials a cost is often one lucky or unlucky run: ruling a rule out on it picked the wrong
-    one of two that fit equally well."""
+    """What following the rule costs at its worst batch size measured, as a share of the metric there
+    (inf where it diverges; 0 without costs). The point cost, not a bound less its noise: near a
+    cliff a cost is uncertain because it is large, and discounting it chose a rule that diverged."""
     if optima is None:
         return 0.0
     if any(rule.diverges):
         return math.inf
-    errors = rule.metric_cost_se or [None] * len(rule.metric_cost)  # fits stored by earlier versions have none
-    return max((max(0.0, cost - WORSE_Z * (se or 0.0)) / abs(o.best_value)
-                for cost, se, o in zip(rule.metric_cost, errors, optima)
+    return max((cost / abs(o.best_value) for cost, o in zip(rule.metric_cost, optima)
                 if cost is not None and o.best_value), default=0.0)
 
 
