@@ -2,6 +2,7 @@
 import math
 import textwrap
 
+import numpy as np
 import optuna
 import pytest
 from conftest import spec_dict
@@ -125,9 +126,28 @@ def test_a_workload_that_always_fails_stops_with_its_error(storage):
         run_workload(train, storage)
 
 
-def test_a_non_numeric_return_fails_the_trial_with_a_clear_message(storage):
-    with pytest.raises(WorkloadFailing, match="must return the final metric as a number"):
-        run_workload(lambda run: None, storage)
+@pytest.mark.parametrize("value", [None, "0.5", True, np.bool_(False), [0.5]])
+def test_a_return_that_is_not_a_number_fails_the_trial_with_a_clear_message(storage, value):
+    # "0.5" and True were taken as 0.5 and 1.0: a bug in the workload read as a loss
+    with pytest.raises(WorkloadFailing, match=r"train\(run\) returned .*; it must be a number"):
+        run_workload(lambda run: value, storage)
+
+
+@pytest.mark.parametrize("value", ["0.5", True])
+def test_a_report_that_is_not_a_number_fails_the_trial_with_a_clear_message(storage, value):
+    def train(run):
+        run.report(100, value)
+        return 0.5
+
+    with pytest.raises(WorkloadFailing, match=r"run.report: the metric after 100 samples was .*; it must be a number"):
+        run_workload(train, storage)
+
+
+def test_numpy_scalars_and_one_element_tensors_are_metrics(storage):
+    import torch
+
+    study = run_workload(lambda run: np.float32(0.25) if run.seed % 2 else torch.tensor(0.25), storage)
+    assert {t.value for t in study.get_trials(states=[TrialState.COMPLETE])} == {0.25}
 
 
 def test_trial_seeds_are_reproducible_and_distinct():

@@ -63,7 +63,7 @@ class Run:
         """Record the metric after ``step`` training samples; raises optuna.TrialPruned to stop."""
         if isinstance(step, bool) or not float(step).is_integer() or step < 0:
             raise ValueError(f"run.report: step counts samples seen, a non-negative integer; got {step!r}")
-        step, value = int(step), float(value)
+        step, value = int(step), _number(value, f"run.report: the metric after {step} samples was {value!r}")
         if not math.isfinite(value):
             raise TrialDiverged(f"metric was {value} after {step} samples")
         self.samples_seen = max(self.samples_seen, step)
@@ -197,13 +197,21 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def _as_metric(value: Any) -> float:
-    try:
-        metric = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"train(run) returned {value!r}; it must return the final metric as a number") from None
+    metric = _number(value, f"train(run) returned {value!r}")
     if not math.isfinite(metric):
         raise TrialDiverged(f"final metric was {metric}")
     return metric
+
+
+def _number(value: Any, what: str) -> float:
+    """A metric as a float: a number, a NumPy scalar or a one-element tensor; never a string (\"0.5\"
+    is a bug in the workload, not a loss) nor a bool."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{what}; it must be a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}; it must be a number") from None
 
 
 def _record(trial: optuna.Trial, run: Run, outcome: Outcome, error: str | None = None) -> None:
