@@ -10,6 +10,8 @@ import pytest
 from conftest import spec_dict, toml_text, tuner
 from optuna.trial import TrialState
 
+from tuner.storage import open_storage
+
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -35,6 +37,25 @@ def test_run_on_a_sqlite_file_then_list_studies(tmp_path, write_spec):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("quad  (minimize, 24 of 24 finished trials)")
     assert "complete" in p.stdout and "diverged" in p.stdout
+
+
+def test_studies_shows_trials_still_running_with_their_age_and_process(tmp_path, write_spec):
+    # a worker killed on another machine leaves its journal trial RUNNING: it was in no column
+    spec = write_spec(spec_dict(study={"name": "quad", "n_trials": 8}))
+    store = tmp_path / "t.journal"
+    assert tuner("run", str(spec), "--storage", str(store), "--no-fit", cwd=tmp_path).returncode == 0
+    study = optuna.load_study(study_name="quad", storage=open_storage(str(store), create=False))
+    orphan = study.ask({"batch_size": optuna.distributions.IntDistribution(8, 512, log=True),
+                        "lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)})
+    study._storage.set_trial_system_attr(orphan._trial_id, "tuner:worker", "gpu-box-7:4242")
+    p = tuner("studies", "--storage", str(store), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    header, *rows = p.stdout.split("\n\n")[0].splitlines()[1:]
+    assert header.split()[5] == "running"
+    batch = orphan.params["batch_size"]
+    assert [row.split()[5] for row in rows if row.split()[0] == str(batch)] == ["1"]
+    assert f"trial {orphan.number} running (batch {batch}): started " in p.stdout
+    assert "ago, process gpu-box-7:4242" in p.stdout
 
 
 def test_the_default_storage_is_a_journal_file_in_the_working_directory(tmp_path, write_spec):

@@ -19,9 +19,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from tuner.storage import heartbeat_grace
-from tuner.trials import queue_retry
-
-WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial
+from tuner.trials import WORKER_ATTR, queue_retry
 
 
 def _this_worker() -> str:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.trials import LR, Outcome, by_batch_size, outcome_of
+from tuner.trials import BATCH_SIZE, LR, WORKER_ATTR, Outcome, by_batch_size, outcome_of
 
 
 @dataclass
@@ -47,11 +48,33 @@ def summarize(study: optuna.Study, batch_sizes: list[int] | None = None) -> list
 
 
 def format_table(rows: list[BatchSummary]) -> str:
-    lines = [f"{'batch':>7} {'complete':>8} {'pruned':>6} {'diverged':>8} {'failed':>6}"
+    lines = [f"{'batch':>7} {'complete':>8} {'pruned':>6} {'diverged':>8} {'failed':>6} {'running':>7}"
              f"  {'best lr':>9}  {'best value':>10}"]
     for r in rows:
         best_lr = f"{r.best_lr:9.3g}" if r.best_lr is not None else f"{'-':>9}"
         best = f"{r.best_value:10.4g}" if r.best_value is not None else f"{'-':>10}"
-        lines.append(f"{r.batch_size:>7} {r.complete:>8} {r.pruned:>6} {r.diverged:>8} {r.failed:>6}"
+        lines.append(f"{r.batch_size:>7} {r.complete:>8} {r.pruned:>6} {r.diverged:>8} {r.failed:>6} {r.running:>7}"
                      f"  {best_lr}  {best}")
     return "\n".join(lines)
+
+
+def describe_running(study: optuna.Study, now: datetime | None = None) -> list[str]:
+    """One line per RUNNING trial: how long ago it started and, on a journal file, which process
+    runs it (a run on that machine recovers it if the process is gone; see ``tuner.recovery``)."""
+    now = now or datetime.now()
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        age = f"started {_ago(now - started)} ago" if started is not None else "not started"
+        worker = trial.system_attrs.get(WORKER_ATTR)
+        lines.append(f"  trial {trial.number} running (batch {trial.params.get(BATCH_SIZE, '?')}): {age}"
+                     + (f", process {worker}" if worker else ""))
+    return lines
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

@@ -13,6 +13,10 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
 * ``retry_of``: on a trial re-run because the worker of that earlier trial died.
 * ``out_of_memory``: true on a failed trial that ran out of memory; its batch size is then listed
   in the study's ``infeasible_batch_sizes`` and gets no more trials.
+
+On a journal file (no heartbeats), the system attribute ``tuner:worker`` holds ``host:pid`` of the
+process running the trial: ``tuner.recovery`` retries the trials of processes that are gone, and
+``tuner studies`` shows it beside a trial still RUNNING.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ OUTCOME = "outcome"
 SAMPLES = "samples"
 SEED = "seed"
 ERROR = "error"
+WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial (journal)
 RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker died
 OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible
 
