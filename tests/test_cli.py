@@ -150,6 +150,19 @@ def studied_db(tmp_path_factory):
     return folder / "s.db"
 
 
+@pytest.mark.parametrize("case", ["other workload for the study", "dropped batch size"])
+def test_a_refused_resume_leaves_a_journal_byte_for_byte_unchanged(tmp_path, write_spec, case):
+    # the attempt to create the study again appended a 123-byte record each time
+    write_spec(good_spec(), "good.toml")
+    assert tuner("run", "good.toml", "--storage", "s.journal", cwd=tmp_path).returncode == 0
+    before = sha(tmp_path / "s.journal")
+    spec = good_spec()
+    BAD_INPUTS[case][0](spec)
+    p = tuner("run", str(write_spec(spec, "bad.toml")), "--storage", "s.journal", cwd=tmp_path)
+    assert p.returncode == 2 and BAD_INPUTS[case][2] in p.stderr
+    assert sha(tmp_path / "s.journal") == before
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, write_spec, studied_db, case):
     change, args, words = BAD_INPUTS[case]

@@ -161,11 +161,14 @@ def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
 
 def _create_or_load(name: str, storage: BaseStorage, direction: str) -> optuna.Study:
     # Several workers may start at once: whoever loses the creation race loads the winner's study.
+    # A study that exists is loaded without trying to create it: on a journal file the attempt
+    # is a record written (and a refused resume would leave the file changed).
     for attempt in range(5):
-        try:
-            return optuna.create_study(study_name=name, storage=storage, direction=direction)
-        except optuna.exceptions.DuplicatedStudyError:
-            pass
+        if name not in optuna.get_all_study_names(storage):
+            try:
+                return optuna.create_study(study_name=name, storage=storage, direction=direction)
+            except optuna.exceptions.DuplicatedStudyError:
+                pass
         try:
             return optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # the winner has not finished writing it yet
