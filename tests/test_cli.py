@@ -163,6 +163,17 @@ def test_a_refused_resume_leaves_a_journal_byte_for_byte_unchanged(tmp_path, wri
     assert sha(tmp_path / "s.journal") == before
 
 
+def test_fitting_the_same_trials_again_writes_nothing(tmp_path, write_spec):
+    # each `tuner fit`, or a rerun of a finished study, appended the same fit again: ~40 KB a time
+    write_spec(spec_dict(study={"name": "quad", "n_trials": 32}, search={"lr": [1e-4, 8.0]}), "good.toml")
+    assert tuner("run", "good.toml", "--storage", "s.journal", cwd=tmp_path).returncode == 0
+    before = sha(tmp_path / "s.journal")
+    for command in (["fit", "quad"], ["run", "good.toml"]):
+        p = tuner(*command, "--storage", "s.journal", cwd=tmp_path)
+        assert p.returncode == 0 and "Use the " in p.stdout, p.stderr
+        assert sha(tmp_path / "s.journal") == before
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, write_spec, studied_db, case):
     change, args, words = BAD_INPUTS[case]
