@@ -208,3 +208,17 @@ class TestLoadWorkload:
         with pytest.raises(InputError) as error:
             self.load(tmp_path, target)
         assert words in str(error.value)
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"samples": 2**63 - 1}, "[workload] samples: input should be less than or equal to"),
+    ({"dims": 10**9}, "[workload] dims: input should be less than or equal to"),
+    ({"reports": 10**8}, "[workload] reports: input should be less than or equal to"),
+    ({"samples": 1000}, "[workload] samples = 1000 is less than batch size 1024"),
+])
+def test_built_in_options_that_would_overflow_or_take_no_step_are_bad_input(options, says):
+    # before: accepted, then an overflow, a hang past 60 s, or every trial at B=1024 failing
+    spec = parse_spec(spec_dict(search={"batch_sizes": [8, 1024]}, workload={"target": "quadratic", **options}))
+    with pytest.raises(InputError) as error:
+        load_workload(spec)
+    assert says in str(error.value)

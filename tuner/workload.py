@@ -102,6 +102,11 @@ def load_workload(spec: StudySpec, spec_dir: str | Path | None = None) -> Worklo
     if target in BUILTIN:  # built-ins declare their options, so a misspelt option is caught here
         options = _validate_options(target, module.Options, options)
         _check_direction(options, spec.study.direction)
+        if hasattr(module, "check_batch_sizes"):  # options that only make sense with the batch sizes
+            try:
+                module.check_batch_sizes(options, spec.search.batch_sizes)
+            except ValueError as e:
+                raise InputError(f"[workload] {e}") from None
     return Workload(target=target, train=train, options=MappingProxyType(options))
 
 

@@ -28,12 +28,13 @@ class Options(BaseModel):
     """``[workload]`` options of the built-in ``quadratic`` workload."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    samples: int = Field(16384, gt=0, description="training budget in samples, equal at every batch size")
-    dims: int = Field(1024, gt=0, description="dimensions, curvatures log-spaced over `curvatures`")
+    # upper limits: beyond them a run overflows or takes hours, which is a typo, not a study
+    samples: int = Field(16384, gt=0, le=2**40, description="training budget in samples, equal at every batch size")
+    dims: int = Field(1024, gt=0, le=10**6, description="dimensions, curvatures log-spaced over `curvatures`")
     curvatures: tuple[PositiveFloat, PositiveFloat] = Field(
         (1e-3, 1.0), description="lowest and highest curvature (the spectrum is log-spaced between them)")
     noise: float = Field(1.0, ge=0, description="gradient-noise variance per sample, relative to curvature")
-    reports: int = Field(8, gt=0, description="evenly spaced reports per run")
+    reports: int = Field(8, gt=0, le=10**4, description="evenly spaced reports per run")
     noisy: bool = Field(True, description="false: report the expected loss (no sampling noise)")
 
     @field_validator("curvatures", mode="before")
@@ -46,6 +47,14 @@ class Options(BaseModel):
         if not self.curvatures[0] <= self.curvatures[1]:
             raise ValueError(f"curvatures: needs low <= high, got {list(self.curvatures)}")
         return self
+
+
+def check_batch_sizes(options: dict, batch_sizes: list[int]) -> None:
+    """Every batch size takes at least one step within the budget (ValueError otherwise)."""
+    samples = Options(**options).samples
+    if max(batch_sizes) > samples:
+        raise ValueError(f"samples = {samples} is less than batch size {max(batch_sizes)}: its runs would take "
+                         "no step; raise samples or drop the batch size")
 
 
 @lru_cache(maxsize=32)
