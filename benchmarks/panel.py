@@ -31,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def _score(workload, study, best_trial: bool) -> dict:
     per_batch = {}
     fitted = {o.batch_size: o for o in fit.optima} if fit is not None else {}
     best = _best_trials(study, workload.maximize)
+    counts = Counter(t.params.get("batch_size") for t in study.get_trials(deepcopy=False))
     for b in workload.batch_sizes:
         truth = workload.truth.optimum(b)
         if best_trial:
@@ -129,7 +131,7 @@ def _score(workload, study, best_trial: bool) -> dict:
         per_batch[b] = {"lr": lr, "truth": truth, "flags": flags, "ci": ci, "method": method,
                         "regret": _regret(workload, b, lr),
                         "covered": None if ci is None else ci[0] <= truth <= ci[1],
-                        "best_trial_regret": _regret(workload, b, best.get(b))}
+                        "best_trial_regret": _regret(workload, b, best.get(b)), "trials": counts[b]}
     rule = {b: _regret(workload, b, fit.predict(b)) for b in workload.batch_sizes} if fit is not None else None
     trials = study.get_trials(deepcopy=False)
     return {"per_batch": per_batch, "rule": rule, "recommended": fit.recommended if fit else None,
