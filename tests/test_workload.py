@@ -222,3 +222,18 @@ def test_built_in_options_that_would_overflow_or_take_no_step_are_bad_input(opti
     with pytest.raises(InputError) as error:
         load_workload(spec)
     assert says in str(error.value)
+
+
+def test_a_sampler_that_fails_is_named_in_each_trial_and_in_the_stop_line(storage):
+    # failures before the workload ran were stored without an error: "interrupted", "unknown error"
+    class Broken(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            raise RuntimeError("the sampler broke")
+
+    spec = parse_spec(spec_dict(study={"n_trials": 8}, search={"batch_sizes": [8, 16], "pruner": "none"},
+                                workload={"target": "test:train"}))
+    study = open_study(spec, storage)
+    study.sampler = Broken()
+    with pytest.raises(WorkloadFailing, match=r"the latest with RuntimeError: the sampler broke \(test_workload.py:"):
+        run_study(study, spec, Workload("test:train", lambda run: 1.0, spec.workload.options))
+    assert all(t.user_attrs["error"].startswith("RuntimeError: the sampler broke") for t in study.trials)

@@ -44,7 +44,7 @@ from tuner.trials import (
     SPEC_ATTR,
 )
 from tuner.workers import WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
-from tuner.workload import Workload, load_workload, run_trial, trial_seed
+from tuner.workload import Workload, describe_exception, load_workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
 MAX_CONSECUTIVE_FAILURES = 5
@@ -218,12 +218,21 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
     full disk, a database gone) is not the workload failing: ``watch`` is told, to stop the run."""
     sizes, (low, high) = spec.search.batch_sizes, spec.search.lr
 
-    def objective(trial: optuna.Trial) -> float:
+    def ask(trial: optuna.Trial) -> tuple[int, float]:
         try:
             mark_worker(trial.study, trial)
             # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
-            batch_size = trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True)
-            lr = trial.suggest_float(LR, low, high, log=True)
+            return (trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True),
+                    trial.suggest_float(LR, low, high, log=True))
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
+            raise
+        except Exception as e:  # a sampler that failed: recorded as a workload's error is, else it says nothing
+            trial.set_user_attr(ERROR, describe_exception(e))
+            raise
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            batch_size, lr = ask(trial)
             return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             failure = _failed_write(e)
