@@ -3,8 +3,10 @@ a password that breaks a URL, a workload that exits, an export that cannot be wr
 met with one line and an exit code, and loses nothing."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -27,6 +29,20 @@ def write(tmp_path: Path, **tables) -> Path:
     path = tmp_path / "study.toml"
     path.write_text(toml_text(spec_dict(**tables)))
     return path
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root (CI runs as root)")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A small real filesystem mounted at ``folder`` (made here) for the test's duration."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
@@ -69,32 +85,22 @@ def test_a_journal_broken_in_the_middle_is_refused_in_one_line(tmp_path):
     assert store.read_bytes() == kept
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+@needs_root
 def test_a_full_disk_stops_the_run_in_one_line_and_the_journal_stays_whole(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=96k") as disk:
         spec, store = write(tmp_path, study={"name": "test", "n_trials": 400}), disk / "t.journal"
         p = tuner("run", str(spec), "--storage", str(store), "--no-fit", cwd=tmp_path)
         line = one_line_error(p, 1)
         assert "No space left on device" in line and "nothing of the last write was kept" in line
         assert store.read_bytes().endswith(b"\n")  # no record cut off, to be written after
         assert len(finished(store)) > 0  # and everything before it readable
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
-# --- 2. a file that is not a storage -----------------------------------------------------------------
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+@needs_root
 def test_a_full_disk_under_sqlite_stops_the_run_saying_so(tmp_path):
     # Optuna wraps the database's words in "exceeding max length"; the trials after it failed as
     # "interrupted" and the run stopped five later "with unknown error"
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=200k") as disk:
         spec, url = write(tmp_path, study={"name": "test", "n_trials": 400}), f"sqlite:///{disk / 's.db'}"
         p = tuner("run", str(spec), "--storage", url, "--no-fit", cwd=tmp_path)
         assert p.returncode == 1 and "Traceback" not in p.stderr
@@ -106,9 +112,9 @@ def test_a_full_disk_under_sqlite_stops_the_run_saying_so(tmp_path):
             assert len(optuna.load_study(study_name="test", storage=storage).get_trials(states=FINISHED)) > 0
         finally:
             storage.engine.dispose()  # the file must be closed before its filesystem is unmounted
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
+
+# --- 2. a file that is not a storage -----------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"hello\n", b"my notes\nline two\n", bytes(range(256)) * 4])
 def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path, content):
@@ -179,12 +185,9 @@ def fitted(tmp_path) -> Path:
     return store
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+@needs_root
 def test_an_export_on_a_full_disk_leaves_the_earlier_file_whole(tmp_path, fitted):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=64k") as disk:
         earlier = disk / "lr.json"
         earlier.write_text('{"earlier": true}\n')
         (disk / "filler").write_bytes(b"x" * (60 * 1024))  # a few KB left: less than the export
@@ -194,29 +197,19 @@ def test_an_export_on_a_full_disk_leaves_the_earlier_file_whole(tmp_path, fitted
             assert "No space left on device" in line
         assert earlier.read_text() == '{"earlier": true}\n'
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "lr.json"]  # no temporary left behind
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root")
+@needs_root
 def test_an_export_to_a_read_only_folder_is_one_line(tmp_path, fitted):
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as disk:
         line = one_line_error(tuner("export", "fixture", "--storage", str(fitted), "--format", "json",
                                     "-o", str(disk / "lr.json"), cwd=tmp_path), 2)
         assert "Read-only file system" in line
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root")
+@needs_root
 def test_a_journal_on_a_read_only_filesystem_is_read_and_refuses_writes_in_one_line(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
         spec, store = write(tmp_path, study={"name": "test", "n_trials": 32}, search={"lr": [1e-4, 8.0]}), \
             disk / "t.journal"
         assert tuner("run", str(spec), "--storage", str(store), cwd=tmp_path).returncode == 0
@@ -227,8 +220,6 @@ def test_a_journal_on_a_read_only_filesystem_is_read_and_refuses_writes_in_one_l
         for command in (["studies"], ["fit", "test"]):  # reading needs no lock; the same fit writes nothing
             assert tuner(*command, "--storage", str(store), cwd=tmp_path).returncode == 0
         assert store.read_bytes() == before
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize(("target", "says"), [
