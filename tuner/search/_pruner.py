@@ -3,17 +3,16 @@ from __future__ import annotations
 import math
 import statistics
 
-import numpy as np
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.fit._data import batch_trials
-from tuner.fit._optimum import BatchOptimum, estimate_cached
+from tuner.fit._optimum import BatchOptimum
+from tuner.search._valley import fit_of
 from tuner.search._view import BatchSizeView
 from tuner.spec import PRUNER_STARTUP_TRIALS
-from tuner.trials import BATCH_SIZE, FINISHED, LR
+from tuner.trials import BATCH_SIZE, FINISHED, LR, by_batch_size
 
 
 class BatchSizePruner(BasePruner):
@@ -153,12 +152,8 @@ class ValleyPruner(BasePruner):
     def _fit(self, study: optuna.Study, batch_size: int | None, maximize: bool) -> BatchOptimum | None:
         """The fit of this batch size's finished trials (remembered until one more finishes); None
         before any completed."""
-        trials = batch_trials(study.get_trials(deepcopy=False, states=FINISHED), batch_size)
-        if len(trials.x) == 0:
-            return None
-        tried = np.concatenate([trials.x, trials.pruned_x, trials.diverged_x])
-        return estimate_cached(tuple(trials.x), tuple(trials.value), tuple(trials.pruned_x), tuple(trials.diverged_x),
-                               maximize, (math.exp(tried.min()), math.exp(tried.max())))
+        trials = by_batch_size(study.get_trials(deepcopy=False, states=FINISHED)).get(batch_size, [])
+        return fit_of(trials, maximize, least=1)
 
 
 def _protected(fit: BatchOptimum, lr: float) -> bool:

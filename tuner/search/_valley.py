@@ -129,7 +129,7 @@ class ValleySampler(BaseSampler):
             return _bracket(x_best, cliff, hint)
         if below == -math.inf and x_best - low > _MIN_GAP:
             return _bracket(x_best, low, hint)
-        fit = self._fit(earlier, name, direction, low, high)
+        fit = self._fit(earlier, name, direction)
         center = x_best if fit is None else math.log(fit.lr)
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
@@ -146,11 +146,11 @@ class ValleySampler(BaseSampler):
         reach_down = min(max(center - below, down, _MIN_REACH), _MAX_REACH, center - low)
         return self._rng.uniform(center - reach_down, center + reach_up)
 
-    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
-             low: float, high: float) -> BatchOptimum | None:
+    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection) -> BatchOptimum | None:
         """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
-        single trial is often a lucky one, and refining around it keeps the search on one side."""
-        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name, (math.exp(low), math.exp(high)))
+        single trial is often a lucky one, and refining around it keeps the search on one side.
+        The same call as the batch-size shares' and the hint's, so one fit serves all three."""
+        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name)
         return fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
     def _toward_a_wall(self, fit: BatchOptimum | None, center: float, cliff: float,
@@ -198,16 +198,15 @@ class ValleySampler(BaseSampler):
 
 
 def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
-           lr_range: tuple[float, float] | None = None) -> BatchOptimum | None:
+           least: int = MIN_COMPLETE) -> BatchOptimum | None:
     """``tuner.fit``'s estimate of the optimum from one batch size's trials (remembered between calls:
-    the samplers and the pruner ask again and again); None with fewer than MIN_COMPLETE complete.
-    ``lr_range``: the search's (default: the range tried), where an estimate on one trial reaches."""
+    the samplers and the pruner ask again and again); None with fewer than ``least`` complete. The
+    range tried stands for the search's: it only bounds the interval of an estimate on one trial."""
     found = batch_trials(trials, param=param)
-    if len(found.x) < MIN_COMPLETE:
+    if len(found.x) < max(least, 1):
         return None
-    if lr_range is None:
-        tried = np.concatenate([found.x, found.pruned_x, found.diverged_x])
-        lr_range = (math.exp(tried.min()), math.exp(tried.max()))
+    tried = np.concatenate([found.x, found.pruned_x, found.diverged_x])
+    lr_range = (math.exp(tried.min()), math.exp(tried.max()))
     return estimate_cached(tuple(found.x), tuple(found.value), tuple(found.pruned_x), tuple(found.diverged_x),
                            maximize, lr_range)
 
