@@ -21,9 +21,10 @@ def save_fit(study: optuna.Study, result: FitResult) -> None:
     study's note (markdown) and its dashboard figure."""
     from optuna_dashboard import save_note, save_plotly_graph_object
 
-    if _unchanged(study.user_attrs.get(FIT_ATTR), result.to_dict()):
+    fitted = result.to_dict()
+    if _unchanged(study.user_attrs.get(FIT_ATTR), fitted):
         return  # the same trials fit the same: on a journal file each write of the three is ~40 KB more
-    study.set_user_attr(FIT_ATTR, result.to_dict())
+    study.set_user_attr(FIT_ATTR, fitted)
     study.set_user_attr(RULE_ATTR, rule_line(result))
     save_note(study, to_markdown(result))
     save_plotly_graph_object(study, make_figure(result), graph_object_id=FIGURE_ID)
