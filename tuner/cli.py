@@ -239,7 +239,7 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
 @cli.command()
 @storage_option
 def studies(storage: str | None) -> None:
-    """List the studies in a storage, with trials per batch size.
+    """List the studies in a storage, with trials per batch size and those still running.
 
     \b
     Example:
