@@ -184,6 +184,10 @@ def _create_or_load(name: str, storage: BaseStorage, direction: str) -> optuna.S
 # early (28% of samples saved at 12 per batch size, against 19%). A heuristic: see
 # benchmarks/accuracy.py and benchmarks/pruning_savings.py.
 WARM_START_BELOW = 10
+# With fewer trials per batch size, each one needs its whole even share to bracket its optimum: at 8,
+# weights let a batch size fall to 6 trials, short of a bracket, and the study could not be fitted.
+# From about 15 (the panel's budgets) they pay: rule regret, worst seed, 10-32% -> 5-7%.
+ADAPTIVE_FROM = 10
 
 
 def make_sampler(spec: StudySpec, stream: tuple[int, ...] = ()) -> BatchSizeSampler:
@@ -200,8 +204,10 @@ def make_sampler(spec: StudySpec, stream: tuple[int, ...] = ()) -> BatchSizeSamp
     warm_start = search.warm_start
     if warm_start is None:
         warm_start = spec.study.n_trials < WARM_START_BELOW * len(search.batch_sizes)
+    adaptive = search.shares == "adaptive" or (
+        search.shares == "auto" and spec.study.n_trials >= ADAPTIVE_FROM * len(search.batch_sizes))
     return BatchSizeSampler(search.batch_sizes, lr_sampler=lr_samplers[search.sampler](),
-                            warm_start=warm_start, adaptive=search.shares == "adaptive", seed=seed)
+                            warm_start=warm_start, adaptive=adaptive, seed=seed)
 
 
 def make_pruner(spec: StudySpec) -> BasePruner:

@@ -53,7 +53,7 @@ class SearchTable(_Table):
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     sampler: Literal["valley", "tpe", "random"] = "valley"
     startup_trials: PositiveInt = 4
-    shares: Literal["adaptive", "even"] = "adaptive"
+    shares: Literal["auto", "adaptive", "even"] = "auto"  # auto: adaptive from ADAPTIVE_FROM trials per batch size
     warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
     replicates: Literal["auto"] | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = "auto"
     pruner: Literal["valley", "median", "none"] = "valley"
