@@ -258,16 +258,19 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path
     assert [t.state for t in study.trials] == [TrialState.FAIL]
 
 
-def test_a_database_stopped_mid_run_stops_the_run_in_one_line(project, tmp_path):
-    # before: a 327-line traceback ending in Optuna's UnboundLocalError
+@pytest.mark.parametrize("sleep", [0.05, 2.5], ids=["trial-writes-first", "heartbeat-writes-first"])
+def test_a_database_stopped_mid_run_stops_the_run_in_one_line(project, tmp_path, sleep):
+    # before: a 327-line traceback ending in Optuna's UnboundLocalError; then a 73-line one from
+    # Optuna's heartbeat thread when it wrote before the trial did (a 1 s heartbeat in a 2.5 s step)
     from postgres_server import create_database, start_postgres
 
     server = start_postgres()  # its own: this test stops it
     try:
         url = create_database(server.url, "stopped")
-        run = start(["run", str(project(n_trials=200, sleep=0.05)), "--storage", url, "--no-fit"], tmp_path)
+        run = start(["run", str(project(n_trials=200, sleep=sleep)), "--storage", url, "--no-fit"], tmp_path,
+                    FAST_HEARTBEAT)
         deadline = time.monotonic() + 60
-        while len(finished(try_load(url) or optuna.create_study())) < 3 and time.monotonic() < deadline:
+        while not _trained_a_while(try_load(url), sleep) and time.monotonic() < deadline:
             time.sleep(0.2)
         server.halt()
         _, err = run.communicate(timeout=120)
@@ -277,3 +280,12 @@ def test_a_database_stopped_mid_run_stops_the_run_in_one_line(project, tmp_path)
         assert "the database system is shutting down" in lines[0] or "connection" in lines[0]
     finally:
         server.stop()
+
+
+def _trained_a_while(study, sleep: float) -> bool:
+    """Three trials finished, or one a step into a long one (its next write comes in ~2 s)."""
+    if study is None:
+        return False
+    if sleep < 1:
+        return len(finished(study)) >= 3
+    return any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.get_trials(deepcopy=False))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,10 +269,28 @@ def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
         return
     watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
     try:
-        study.optimize(objective_for(spec, workload, watch), catch=(Exception,), callbacks=[watch, *callbacks])
+        with _quiet_heartbeat_failures():
+            study.optimize(objective_for(spec, workload, watch), catch=(Exception,), callbacks=[watch, *callbacks])
     except Exception as e:  # Optuna masks a failed write of the trial's end with "Should not reach"
         raise _storage_failure(e) or e from None
     watch.raise_if_stopped_early()
+
+
+@contextmanager
+def _quiet_heartbeat_failures() -> Iterator[None]:
+    """Keep a failed write in Optuna's heartbeat thread off the terminal: the trial's own next
+    write fails the same way, and the main thread reports that in one line."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if _storage_failure(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _storage_failure(error: BaseException | None) -> StorageFailing | None:
