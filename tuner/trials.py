@@ -13,6 +13,10 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
 * ``retry_of``: on a trial re-run because the worker of that earlier trial died.
 * ``out_of_memory``: true on a failed trial that ran out of memory; its batch size is then listed
   in the study's ``infeasible_batch_sizes`` and gets no more trials.
+* ``purpose``: ``verify`` on a training `tuner verify` queued (a learning rate a rule gives at a
+  held-out batch size, run with its planned ``seed``). Such trials are held out of everything
+  the search and the fit read (``by_batch_size`` leaves them out) and never count toward
+  ``n_trials``.
 
 On a journal file (no heartbeats), the system attribute ``tuner:worker`` holds ``host:pid`` of the
 process running the trial: ``tuner.recovery`` retries the trials of processes that are gone, and
@@ -44,6 +48,8 @@ ERROR = "error"
 WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial (journal)
 RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker died
 OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible
+PURPOSE = "purpose"  # "verify" on a trial `tuner verify` queued
+VERIFY = "verify"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a run whose worker died is re-run at most this many times
@@ -69,12 +75,18 @@ def outcome_of(trial: FrozenTrial) -> Outcome | None:
     return Outcome.FAILED if trial.state == TrialState.FAIL else None
 
 
+def is_verification(trial: FrozenTrial) -> bool:
+    """A training `tuner verify` queued: held out of the search and the fit."""
+    return trial.user_attrs.get(PURPOSE) == VERIFY
+
+
 def by_batch_size(trials: Iterable[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
-    """The trials grouped by their ``batch_size`` param, in the order given (trials without one left out)."""
+    """The search's trials grouped by their ``batch_size`` param, in the order given (trials without
+    one, and verification trials, left out)."""
     groups: dict[int, list[FrozenTrial]] = {}
     for trial in trials:
         batch_size = trial.params.get(BATCH_SIZE)
-        if batch_size is not None:
+        if batch_size is not None and not is_verification(trial):
             groups.setdefault(int(batch_size), []).append(trial)
     return groups
 
@@ -93,12 +105,20 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
     while earlier in numbers:
         retries, earlier = retries + 1, numbers[earlier].user_attrs.get(RETRY_OF)
     if retries < MAX_RETRY:
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+        # a verification's retry is the same training: the same purpose and planned seed
+        carried = {PURPOSE: VERIFY, SEED: trial.user_attrs.get(SEED)} if is_verification(trial) else {}
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, **carried}, skip_if_exists=False)
 
 
 def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards ``n_trials``: complete and pruned (diverged included), all workers."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count towards ``n_trials``: complete and pruned (diverged included), all workers;
+    verification trials never count."""
+    return len(search_trials(study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+def search_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials of the search: all but verification ones."""
+    return [t for t in trials if not is_verification(t)]
 
 
 @contextmanager

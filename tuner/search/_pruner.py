@@ -12,7 +12,7 @@ from tuner.fit._optimum import BatchOptimum
 from tuner.search._valley import fit_of
 from tuner.search._view import BatchSizeView
 from tuner.spec import PRUNER_STARTUP_TRIALS
-from tuner.trials import BATCH_SIZE, FINISHED, LR, by_batch_size
+from tuner.trials import BATCH_SIZE, FINISHED, LR, by_batch_size, is_verification
 
 
 class BatchSizePruner(BasePruner):
@@ -39,8 +39,8 @@ class BatchSizePruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         batch_size = trial.params.get(BATCH_SIZE)
-        if batch_size is None or not trial.last_step:  # no fair comparison; or it has not trained yet
-            return False
+        if batch_size is None or not trial.last_step or is_verification(trial):
+            return False  # no fair comparison; it has not trained yet; or a verification, run to the end
         return self._pruner.prune(BatchSizeView(study, batch_size, cached=True), trial)
 
 
