@@ -123,12 +123,15 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def run_fitted_study(folder: Path) -> Path:
-    """`tuner run studies/quadratic.toml` (which fits at the end) into ``folder``; returns the journal."""
+    """`tuner run studies/quadratic.toml` (which fits at the end) into ``folder``, then `tuner verify`
+    with 2 seeds; returns the journal."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = folder / "tuner.journal"
     p = tuner("run", str(STUDY_FILE), "--storage", str(storage), cwd=folder, timeout=120)
     assert p.returncode == 0, p.stderr
     assert load_study(storage).user_attrs.get("lr_batch_fit"), "tuner run stored no fit"
+    p = tuner("verify", "quadratic", "--storage", str(storage), "--seeds", "2", cwd=folder, timeout=120)
+    assert p.returncode == 0, p.stderr
     return storage
 
 

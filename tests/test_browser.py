@@ -73,7 +73,10 @@ def test_the_study_page_shows_the_lr_batch_figure(page, dashboard, fit):
     assert "batch size" in text and "learning rate" in text  # axis titles
     assert f"{fit['recommended']} (recommended)" in text  # the recommended rule's legend entry
     measured = [o for o in fit["optimal_lr"] if o["lr"] is not None]
-    assert figure.locator(".scatterlayer .trace .points path").count() == len(measured)  # one marker per optimum
+    verified = [b for b in fit["verify"]["batches"] if b["best_lr"] is not None]
+    # one marker per optimum, and one per held-out batch size `tuner verify` measured
+    assert figure.locator(".scatterlayer .trace .points path").count() == len(measured) + len(verified)
+    assert "best measured at a held-out batch size (tuner verify)" in text
     screenshot(page, "dashboard-study.png", full_page=True)
     figure.scroll_into_view_if_needed()
     screenshot(figure, "dashboard-figure.png")
@@ -82,7 +85,7 @@ def test_the_study_page_shows_the_lr_batch_figure(page, dashboard, fit):
 def test_the_figure_axes_frame_the_measured_batch_sizes(page, dashboard, fit):
     figure = open_figure(page, dashboard, fit)
     low, high = figure.evaluate("el => el._fullLayout.xaxis.range")  # log10 units on a log axis
-    sizes = fit["batch_sizes"]
+    sizes = fit["batch_sizes"] + [b["batch_size"] for b in fit["verify"]["batches"]]
     assert math.log10(min(sizes)) - 1 < low < math.log10(min(sizes)) < math.log10(max(sizes)) < high \
         < math.log10(max(sizes)) + 1, (low, high)
 
@@ -98,6 +101,18 @@ def test_the_note_page_shows_the_verdict(page, dashboard, fit):
     assert page.get_by_role("heading", name="Optimal learning rate per batch size").count() == 1
     assert page.locator("table").count() >= 3  # optima, rules, cost of each rule
     screenshot(page, "dashboard-note.png", full_page=True)
+
+
+def test_the_note_shows_what_verify_measured(page, dashboard, fit):
+    open_note(page, dashboard, fit)
+    assert page.get_by_text(fit["verify"]["summary"], exact=False).count() >= 1  # the verdict's last sentence
+    section = page.get_by_role("heading", name="Verified at held-out batch sizes")
+    assert section.count() == 1
+    table = page.locator("table").filter(has_text="regret").last
+    rows = sum(len(b["rates"]) for b in fit["verify"]["batches"])
+    assert table.locator("tbody tr").count() == rows
+    section.scroll_into_view_if_needed()
+    screenshot(page, "dashboard-note-verify.png", full_page=True)
 
 
 def test_the_note_shows_no_raw_html(page, dashboard, fit):

@@ -163,6 +163,53 @@ def fit(study_name: str, storage: str | None) -> None:
     _show_fit(fit_and_save(load_study(study_name, storage)))
 
 
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@click.option("--batch-sizes", "batch_sizes", metavar="B1,B2,...", callback=lambda ctx, param, value: _integers(value),
+              help="Held-out batch sizes to train at. Default: about three geometric midpoints between "
+                   "the studied ones; one outside the studied range is an extrapolation.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="Seeds per learning rate (the same seeds at every learning rate).")
+@click.option("--rules", default="recommended,linear,sqrt", show_default=True, metavar="R1,R2,...",
+              help="Rules to verify: recommended, linear, sqrt (both scaled from the reference batch size), "
+                   "power, saturating.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(study_name: str, storage: str | None, batch_sizes: list[int] | None, seeds: int, rules: str,
+           quiet: bool) -> None:
+    """Measure what following each rule costs at batch sizes STUDY never searched.
+
+    At each held-out batch size it trains each rule's learning rate and four around the
+    recommended one (×0.5, ×0.71, ×1.41, ×2) with every seed and no pruning, then stores the
+    regret of each rule against the best learning rate measured there in the study's fit (key
+    verify; a sentence ends the verdict). The trainings are queued in the study: `tuner worker`
+    processes elsewhere run them too, and a rerun after an interruption trains only what is missing.
+
+    \b
+    Examples:
+      tuner verify quadratic
+      tuner verify digits-mlp-sgd --batch-sizes 24,96,768 --seeds 5 --storage sqlite:///studies.db
+      tuner verify quadratic --rules recommended,linear,sqrt,power,saturating --seeds 1
+    """
+    from tuner import verify as verification
+    from tuner.fit._report import format_verification
+
+    plan = verification.prepare(study_name, storage, batch_sizes=batch_sizes, seeds=seeds,
+                                rules=[r.strip() for r in rules.split(",") if r.strip()])
+    click.echo(plan.describe())
+    result = verification.run(plan, quiet=quiet)
+    click.echo("\n" + format_verification(result))
+
+
+def _integers(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"batch sizes must be positive integers separated by commas, got {value!r}") from None
+
+
 def _show_fit(result) -> None:
     from tuner.fit import format_fit
 

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuner.errors import InputError, Interrupted, Stopped, StorageFailing, WorkloadFailing
-from tuner.fit import FitResult, fit_study, save_fit
+from tuner.fit import FitResult, fit_study, load_fit, save_fit
 from tuner.progress import TrialProgress
 from tuner.recovery import mark_worker, recover_dead_trials
 from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleyPruner, ValleySampler
@@ -43,7 +44,10 @@ from tuner.trials import (
     INFEASIBLE_ATTR,
     LR,
     OUT_OF_MEMORY,
+    SEED,
     SPEC_ATTR,
+    is_verification,
+    search_trials,
 )
 from tuner.workers import WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
 from tuner.workload import Workload, describe_exception, load_workload, run_trial, trial_seed
@@ -107,19 +111,28 @@ def search(spec: StudySpec, workload: Workload, storage: str | None = None, *, w
     study = open_study(spec, open_storage(url, create=True))
     progress = TrialProgress(study, spec.study.n_trials, spec.search.batch_sizes, enabled=not quiet)
     try:
-        with stopped_by_signals():
+        with interruptible(url):
             if workers == 1:
                 run_study(study, spec, workload, callbacks=[progress])
             else:
                 _run_workers(study, url, workers, list(import_dirs), progress)
+    finally:
+        progress.close()
+    return study, url
+
+
+@contextmanager
+def interruptible(url: str) -> Iterator[None]:
+    """Ctrl+C or SIGTERM (here or in local workers) ends the block as Interrupted: exit 130 or 143,
+    and one line saying that the finished trials are kept."""
+    try:
+        with stopped_by_signals():
+            yield
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
         raise Interrupted(f"{what}; finished trials are kept in {redact(url)}: run the same command to resume",
                           exit_code=128 + signum) from None
-    finally:
-        progress.close()
-    return study, url
 
 
 def _run_workers(study: optuna.Study, url: str, workers: int, import_dirs: list[Path],
@@ -131,8 +144,12 @@ def _run_workers(study: optuna.Study, url: str, workers: int, import_dirs: list[
 
 
 def fit_and_save(study: optuna.Study) -> FitResult:
-    """`tuner fit`: fit the study and store the fit in it (replacing an earlier one)."""
+    """`tuner fit`: fit the study and store the fit in it (replacing an earlier one, but for what
+    `tuner verify` measured: that stays true of the learning rates it trained)."""
     result = fit_study(study)
+    previous = load_fit(study)
+    if previous is not None and previous.verify is not None:
+        result = result.with_verification(previous.verify)
     save_fit(study, result)
     return result
 
@@ -229,9 +246,11 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
     def ask(trial: optuna.Trial) -> tuple[int, float]:
         try:
             mark_worker(trial.study, trial)
-            # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
-            return (trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True),
-                    trial.suggest_float(LR, low, high, log=True))
+            with warnings.catch_warnings():  # a verification's fixed params may lie outside the search's
+                warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+                # an int (log) distribution, not a categorical one, so batch sizes can be added on resume
+                return (trial.suggest_int(BATCH_SIZE, sizes[0], sizes[-1], log=True),
+                        trial.suggest_float(LR, low, high, log=True))
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
             raise
         except Exception as e:  # a sampler that failed: recorded as a workload's error is, else it says nothing
@@ -241,7 +260,8 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
     def objective(trial: optuna.Trial) -> float:
         try:
             batch_size, lr = ask(trial)
-            return run_trial(workload, trial, batch_size, lr, trial_seed(spec.study.seed, trial.number))
+            seed = trial.user_attrs[SEED] if is_verification(trial) else trial_seed(spec.study.seed, trial.number)
+            return run_trial(workload, trial, batch_size, lr, seed)
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             failure = _failed_write(e)
             if watch is not None:
@@ -259,15 +279,17 @@ def _root_cause(error: BaseException) -> str:
 
 
 def run_study(study: optuna.Study, spec: StudySpec, workload: Workload,
-              callbacks: Sequence[Callback] = ()) -> None:
+              callbacks: Sequence[Callback] = (), until: Callable[[optuna.Study], bool] | None = None) -> None:
     """Train trials until the study (from ``open_study``) holds ``spec.study.n_trials`` finished
-    ones, counting every worker's. Raises WorkloadFailing when MAX_CONSECUTIVE_FAILURES trials
+    ones, counting every worker's, and none is queued (or until ``until(study)``: `tuner verify`
+    runs only the trainings it queued). Raises WorkloadFailing when MAX_CONSECUTIVE_FAILURES trials
     fail in a row, or when every batch size ran out of memory.
     """
     recover_dead_trials(study)
-    if _done(study, spec.study.n_trials):
+    done = until or (lambda s: _done(s, spec.study.n_trials))
+    if done(study):
         return
-    watch = _Watch(spec.study.n_trials, spec.search.batch_sizes)
+    watch = _Watch(spec.search.batch_sizes, done)
     try:
         with _quiet_heartbeat_failures():
             study.optimize(objective_for(spec, workload, watch), catch=(Exception,), callbacks=[watch, *callbacks])
@@ -311,10 +333,13 @@ def _failed_write(error: BaseException) -> StorageFailing:
 
 
 def _done(study: optuna.Study, n_trials: int) -> bool:
-    """n_trials finished, and no retry of a dead worker's trial waiting: the trial it lost would
-    have counted, so running its retry keeps the total within workers - 1 of n_trials."""
-    states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING))]
-    return TrialState.WAITING not in states and len(states) >= n_trials
+    """n_trials search trials finished, and nothing queued: a retry of a dead worker's trial (the
+    trial it lost would have counted, so running its retry keeps the total within workers - 1 of
+    n_trials), or a training `tuner verify` queued for any worker to run."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING))
+    if any(t.state == TrialState.WAITING for t in trials):
+        return False
+    return len(search_trials(trials)) >= n_trials
 
 
 class _Watch:
@@ -323,8 +348,8 @@ class _Watch:
     gives it no more trials (a retry would fail the same way) and the fit leaves it out; stop a
     workload whose trials keep failing, which is broken, not unlucky."""
 
-    def __init__(self, n_trials: int, batch_sizes: list[int]) -> None:
-        self.n_trials, self.batch_sizes = n_trials, set(batch_sizes)
+    def __init__(self, batch_sizes: list[int], done: Callable[[optuna.Study], bool]) -> None:
+        self.batch_sizes, self.done = set(batch_sizes), done
         self.infeasible: set[int] = set()
         self.failures_in_a_row, self.last_error = 0, ""
         self.storage_failure: StorageFailing | None = None
@@ -338,7 +363,7 @@ class _Watch:
             self.last_error = trial.user_attrs.get(ERROR, "no error recorded")
         else:
             self.failures_in_a_row = 0
-        if self._stopped_early() or _done(study, self.n_trials):
+        if self._stopped_early() or self.done(study):
             study.stop()
 
     def _stopped_early(self) -> bool:

@@ -14,6 +14,8 @@ from tuner.fit._rules import LINEAR, POWER, RULE_NAMES, SATURATING, SQRT
 
 RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", POWER: "#9467bd", SATURATING: "#d62728"}
 MISSING_COLOR = "#999999"
+VERIFIED_COLOR = "#ff7f0e"
+VERIFIED_LABEL = "best measured at a held-out batch size (tuner verify)"
 RANGE = 1.5  # the x axis reaches this factor beyond the batch sizes measured
 
 
@@ -52,13 +54,17 @@ class FigureSeries:
     missing: list[int]         # batch sizes without a complete trial
     curves: list[Curve]
     b_noise: float | None      # the saturating rule's critical batch size, where it is inside x_range
+    verified: list[tuple[int, float]] = ()  # held-out batch sizes and the best LR `tuner verify` measured
 
 
 def figure_series(result: FitResult) -> FigureSeries:
     """What the figure shows: per-batch optima with intervals on log-log axes (those left out of the
     rules apart), the batch sizes without a complete trial, the fitted rules (the recommended one
-    bold), the linear and square-root rules scaled from the reference batch size, and B_noise."""
-    low, high = min(result.batch_sizes) / RANGE, max(result.batch_sizes) * RANGE
+    bold), the linear and square-root rules scaled from the reference batch size, B_noise, and the
+    best learning rates `tuner verify` measured at held-out batch sizes."""
+    verified = [(b.batch_size, b.best_lr) for b in result.verify.batches if b.best_lr] if result.verify else []
+    shown = [*result.batch_sizes, *(b for b, _ in verified)]
+    low, high = min(shown) / RANGE, max(shown) * RANGE
     measured = [o for o in result.optima if o.lr is not None]
     optima = []
     for usable, label in ((True, "optimum (95% interval)"), (False, "optimum left out of the rules (see its flags)")):
@@ -84,7 +90,7 @@ def figure_series(result: FitResult) -> FigureSeries:
         title=f"Optimal learning rate vs batch size: {result.study}", x_range=(low, high),
         batch_sizes=list(result.batch_sizes), optima=optima,
         missing=[o.batch_size for o in result.optima if o.lr is None], curves=curves,
-        b_noise=b_noise if b_noise and low <= b_noise <= high else None)
+        b_noise=b_noise if b_noise and low <= b_noise <= high else None, verified=verified)
 
 
 def make_figure(result: FitResult):
@@ -100,6 +106,11 @@ def make_figure(result: FitResult):
             marker={"size": 9, "symbol": "circle" if points.usable else "circle-open", "color": "black"},
             error_y={"type": "data", "symmetric": False, "array": np.asarray(points.high) - lr,
                      "arrayminus": lr - np.asarray(points.low)}))
+    if series.verified:
+        sizes, lrs = zip(*series.verified)
+        figure.add_trace(go.Scatter(x=sizes, y=lrs, mode="markers", name=VERIFIED_LABEL,
+                                    hovertemplate="held out: B=%{x}, best lr %{y:.3g}<extra></extra>",
+                                    marker={"size": 11, "symbol": "diamond", "color": VERIFIED_COLOR}))
     for curve in series.curves:  # short legend names: the formula is in the hover text
         hover = f"{curve.formula}<br>" if curve.formula else ""
         figure.add_trace(go.Scatter(
@@ -146,6 +157,9 @@ def png_figure(result: FitResult):
         ax.errorbar(points.batch_sizes, points.lr, yerr=[lr - np.asarray(points.low), np.asarray(points.high) - lr],
                     fmt="o", color="black", markerfacecolor="black" if points.usable else "white", capsize=3,
                     label=points.label, zorder=4)
+    if series.verified:
+        sizes, lrs = zip(*series.verified)
+        ax.plot(sizes, lrs, "D", color=VERIFIED_COLOR, markersize=7, label=VERIFIED_LABEL, zorder=5)
     for i, b in enumerate(series.missing):
         ax.axvline(b, color=MISSING_COLOR, linestyle=":", label="no complete trial (left out)" if i == 0 else None)
     for curve in series.curves:
@@ -156,14 +170,15 @@ def png_figure(result: FitResult):
         ax.annotate(f"B_noise≈{series.b_noise:.3g}", (series.b_noise, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", color=RULE_COLORS[SATURATING], fontsize=8)
     ax.set_xlim(*series.x_range)
-    ax.set_xticks(series.batch_sizes, [str(b) for b in series.batch_sizes])
+    ticks = sorted({*series.batch_sizes, *(b for b, _ in series.verified)})
+    ax.set_xticks(ticks, [str(b) for b in ticks])
     ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("learning rate")
     ax.set_title(series.title.replace("$", r"\$"))
     ax.grid(True, which="major", color="0.92")
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "no complete")))
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "no complete", "best")))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
               bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     return figure

@@ -28,9 +28,18 @@ def format_fit(result: FitResult) -> str:
     lines += ["", ("How much worse the metric ends following each rule than at each batch size's optimum, "
                    "in the metric's units ('-': not measured there; 'diverges': a learning rate that diverged):")]
     lines += _aligned(_cost_rows(result))
+    if result.verify is not None:
+        lines += ["", VERIFY_TITLE + ":"] + _aligned(_verify_rows(result))
     if result.warnings:
         lines += [""] + [f"! {w}" for w in result.warnings]
     return "\n".join(lines)
+
+
+def format_verification(result: FitResult) -> str:
+    """What `tuner verify` measured, for a terminal: its sentence and table."""
+    verification = result.verify
+    lines = [verification.summary or "Nothing measured yet.", "", VERIFY_TITLE + ":"]
+    return "\n".join(lines + _aligned(_verify_rows(result)))
 
 
 def to_markdown(result: FitResult) -> str:
@@ -73,9 +82,51 @@ def _sections(result: FitResult, heading: str) -> list[str]:
              "which the rule, fitted without a batch size, misses its optimum.\n\n" + _table(_rule_rows(result)),
              f"{heading} Cost of following each rule\nHow much worse the metric ends at each batch size than at "
              "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
+    if result.verify is not None:
+        parts.append(f"{heading} Verified at held-out batch sizes\n{VERIFY_NOTE}\n\n" + _table(_verify_rows(result)))
     if result.warnings:
         parts.append(f"{heading} Warnings\n" + "\n".join(f"- {w}" for w in result.warnings))
     return parts
+
+
+VERIFY_TITLE = "Verified at held-out batch sizes (mean over seeds ± standard error; regret against the best measured)"
+VERIFY_NOTE = ("Measured by `tuner verify` at batch sizes the study never searched, every learning rate with the "
+               "same seeds and no pruning; the regret is how much worse the metric ends than at the best learning "
+               "rate measured there (paired over seeds).")
+
+
+def _verify_rows(result: FitResult) -> list[list[str]]:
+    rows = [["batch", "lr", "gives", "metric", "regret", "diverged"]]
+    decimals = _decimals([r.mean for b in result.verify.batches for r in b.rates if r.mean is not None])
+    for batch in result.verify.batches:
+        where = f"{batch.batch_size}" + (" (extrapolated)" if batch.extrapolated else "")
+        for rate in batch.rates:
+            n = len(rate.values) + rate.diverged
+            rows.append([where, f"{rate.lr:.3g}", ", ".join(_gives(rate.labels, result.verify.recommended)),
+                         _mean(rate.mean, rate.se, decimals), _regret(rate, batch.best_lr, decimals),
+                         f"{rate.diverged}/{n}" if rate.diverged else ("-" if not n else "0")])
+    return rows
+
+
+def _gives(labels: tuple[str, ...], recommended: str) -> list[str]:
+    return [f"recommended ({recommended})" if label == "recommended" else label for label in labels]
+
+
+def _mean(mean: float | None, se: float | None, decimals: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{decimals}f}" + (f" ± {se:.{decimals}f}" if se else "")
+
+
+def _regret(rate, best_lr: float | None, decimals: int) -> str:
+    if rate.regret is None:
+        return "-"
+    if rate.regret == math.inf:
+        return "diverges"
+    if rate.lr == best_lr:
+        return "best"
+    se = f" ± {rate.regret_se:.{decimals}f}" if rate.regret_se else ""
+    return f"{rate.regret:+.{decimals}f}{se} ({100 * rate.regret_share:.1f}%)"
 
 
 def past_tense(direction: str) -> str:

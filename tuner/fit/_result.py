@@ -34,6 +34,7 @@ from tuner.fit._verdict import (
     warnings_for,
     write_verdict,
 )
+from tuner.fit._verification import Verification
 
 MIN_BATCH_SIZES = 3   # the two-parameter rules need a degree of freedom left to be compared
 DIVERGES = 1e6       # a learning rate that diverged costs this many times the tolerated cost
@@ -66,6 +67,16 @@ class FitResult(Frozen):
     lr_range: tuple[Real, Real] = (math.nan, math.nan)
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: str = Field("", alias="tuner_version")
+    verify: Verification | None = None  # what `tuner verify` measured at held-out batch sizes
+
+    def with_verification(self, verification: Verification) -> FitResult:
+        """This fit with ``verification`` stored, its sentence ending the verdict (an earlier one's replaced)."""
+        verdict = self.verdict
+        if self.verify is not None and self.verify.summary:
+            verdict = verdict.removesuffix(self.verify.summary).rstrip()
+        if verification.summary:
+            verdict = f"{verdict} {verification.summary}".strip()
+        return self.model_copy(update={"verify": verification, "verdict": verdict})
 
     def predict(self, batch_size: float, rule: str | None = None) -> float:
         """The learning rate ``rule`` (default: the recommended one) gives at ``batch_size``."""

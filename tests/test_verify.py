@@ -1,0 +1,174 @@
+"""`tuner verify`: the rules' learning rates trained at held-out batch sizes, against ground truth.
+
+The noisy quadratic prices every learning rate in closed form, so the measured regret of each rule
+is checked against the exact one; synthetic valleys whose optimum follows lr ∝ B^α exactly check
+that verify ranks the rules as the truth does; real subprocesses are killed to check the resume.
+"""
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import spec_dict, toml_text, tuner
+from optuna.trial import TrialState
+from scipy.stats import t as student
+
+from tuner import runner
+from tuner import verify as verification
+from tuner.fit import load_fit
+from tuner.fit._verification import RULE_CHOICES, default_batch_sizes
+from tuner.storage import open_storage
+from tuner.trials import SEED, is_verification
+from tuner.workloads.quadratic import expected_loss
+
+# lr* = 0.01 (B/16)^alpha exactly; twice as steep above the optimum, diverging past ×4.5. Each seed
+# shifts the whole valley by ~2% (data order, initialisation: shared by every learning rate) and
+# each run adds 0.3% of its own.
+SYNTHETIC = '''
+import math, random, time
+
+def train(run):
+    z = math.log(run.lr / (0.01 * (run.batch_size / 16) ** run.options["alpha"]))
+    if z > 1.5:
+        return float("nan")
+    if run.batch_size not in (16, 32, 64, 128, 256, 512):
+        time.sleep(run.options.get("held_out_sleep", 0.0))  # only verification trainings are slow
+    loss = 0.3 + 0.2 * z * z * (2.0 if z > 0 else 1.0)
+    for k in range(1, 4):
+        run.report(k * 100 * run.batch_size, loss * (1 + 0.2 * (3 - k)))
+    shared = random.Random(run.seed).gauss(0.0, 0.02)
+    own = random.Random(f"{run.seed}:{run.lr}").gauss(0.0, 0.003)
+    return loss * (1 + shared) + 0.3 * own
+'''
+SIZES = [16, 32, 64, 128, 256, 512]
+
+
+def synthetic_study(folder: Path, alpha: float, held_out_sleep: float = 0.0) -> tuple[Path, str]:
+    (folder / "valley.py").write_text(SYNTHETIC)
+    spec = spec_dict(study={"name": "valley", "n_trials": 72, "seed": 0},
+                     search={"lr": [1e-4, 1.0], "batch_sizes": SIZES},
+                     workload={"target": "valley:train", "alpha": alpha, "held_out_sleep": held_out_sleep})
+    (folder / "valley.toml").write_text(toml_text(spec))
+    return folder / "valley.toml", str(folder / "valley.journal")
+
+
+def test_the_measured_regret_of_every_rule_agrees_with_the_closed_form(tmp_path):
+    spec = spec_dict(study={"name": "q", "n_trials": 48, "seed": 0}, search={"batch_sizes": [8, 32, 128, 512]})
+    (tmp_path / "q.toml").write_text(toml_text(spec))
+    store = str(tmp_path / "q.journal")
+    runner.run(tmp_path / "q.toml", store, quiet=True)
+    fit = verification.run(verification.prepare("q", store, seeds=5, rules=RULE_CHOICES), quiet=True)
+    options = {k: v for k, v in spec["workload"].items() if k != "target"}
+    checked = 0
+    for batch in fit.verify.batches:
+        best = expected_loss(batch.best_lr, batch.batch_size, **options)
+        for rate in batch.rates:
+            exact = expected_loss(rate.lr, batch.batch_size, **options) - best
+            if rate.diverged:
+                assert exact > 10 * best, (batch.batch_size, rate)  # it diverges in expectation too
+                continue
+            # the measured regret's 95% interval (Student's t over paired seeds), or 1% of the metric
+            allowed = max(student.ppf(0.975, len(rate.values) - 1) * (rate.regret_se or 0.0), 0.01 * best)
+            assert abs(rate.regret - exact) <= allowed, (batch.batch_size, rate.lr, rate.labels, rate.regret, exact)
+            checked += 1
+    assert len(fit.verify.batches) == 3 and checked >= 15
+
+
+@pytest.mark.parametrize("alpha, right, wrong", [(0.5, "sqrt", "linear"), (1.0, "linear", "sqrt")])
+def test_verify_ranks_the_rule_the_truth_follows_first(tmp_path, alpha, right, wrong):
+    spec, store = synthetic_study(tmp_path, alpha)
+    runner.run(spec, store, quiet=True)
+    fit = verification.run(verification.prepare("valley", store, seeds=3), quiet=True)
+    largest = max(fit.verify.batches, key=lambda b: b.batch_size)
+    regret = {label: rate for rate in largest.rates for label in rate.labels}
+    # the right rule does as well as the recommended one (within their paired noise), the wrong one worse
+    noise = math.hypot(regret[right].regret_se or 0.0, regret["recommended"].regret_se or 0.0)
+    assert regret[right].regret <= regret["recommended"].regret + 2 * noise
+    assert regret["recommended"].regret < regret[wrong].regret
+    assert f"the {'linear' if wrong == 'linear' else 'square-root'} rule" in fit.verify.summary
+
+
+def test_verification_trials_stay_out_of_the_search_and_the_fit(tmp_path):
+    spec, store = synthetic_study(tmp_path, 0.5)
+    runner.run(spec, store, quiet=True)
+    before = load_fit(optuna.load_study(study_name="valley", storage=open_storage(store, create=False)))
+    fit = verification.run(verification.prepare("valley", store, batch_sizes=[90, 1024], seeds=2), quiet=True)
+    study = optuna.load_study(study_name="valley", storage=open_storage(store, create=False))
+    held_out = [t for t in study.trials if is_verification(t)]
+    assert len(held_out) == fit.verify.trainings and all(t.state == TrialState.COMPLETE or t.state ==
+                                                         TrialState.PRUNED for t in held_out)
+    assert [b.extrapolated for b in fit.verify.batches] == [False, True]
+    # tuner run on the finished study trains nothing more; a refit is the same fit, verification kept
+    runner.run(spec, store, quiet=True, fit=False)
+    assert len(optuna.load_study(study_name="valley", storage=open_storage(store, create=False)).trials) \
+        == len(study.trials)
+    refit = runner.fit_and_save(study)
+    assert all(refit.to_dict()[key] == before.to_dict()[key] for key in ("optimal_lr", "rules", "recommended"))
+    assert refit.verify == fit.verify and refit.verdict.endswith(fit.verify.summary)
+
+
+def test_default_held_out_batch_sizes_lie_between_the_studied_ones():
+    assert default_batch_sizes([16, 32, 64, 128, 256, 512]) == [23, 91, 362]
+    assert default_batch_sizes([8, 64]) == [23]
+    assert default_batch_sizes([32]) == []
+
+
+def test_a_killed_verification_resumes_without_losing_or_repeating_a_training(tmp_path):
+    spec, store = synthetic_study(tmp_path, 1.0, held_out_sleep=0.4)
+    assert tuner("run", str(spec), "--storage", store, cwd=tmp_path).returncode == 0
+    args = ["verify", "valley", "--storage", store, "--batch-sizes", "90", "--seeds", "2"]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "tuner"), *args], cwd=tmp_path,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _finished_verifications(store) < 3:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 3 <= _finished_verifications(store)
+    p = tuner(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    study = optuna.load_study(study_name="valley", storage=open_storage(store, create=False))
+    trials = [t for t in study.trials if is_verification(t)]
+    finished = Counter((t.params["lr"], t.user_attrs[SEED]) for t in trials if t.state != TrialState.FAIL)
+    fit = load_fit(study)
+    assert set(finished.values()) == {1} and len(finished) == fit.verify.trainings == fit.verify.finished
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+    assert sum(t.state == TrialState.FAIL for t in trials) <= 1  # the one the kill interrupted, retried
+
+
+def _finished_verifications(store: str) -> int:
+    try:
+        study = optuna.load_study(study_name="valley", storage=open_storage(store, create=False))
+    except KeyError:
+        return 0
+    return sum(is_verification(t) and t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.parametrize("args, says", [
+    (["verify", "nosuch"], "no study named 'nosuch'"),
+    (["verify", "valley", "--batch-sizes", "0,64"], "batch sizes must be positive integers"),
+    (["verify", "valley", "--batch-sizes", "64,abc"], "batch sizes must be positive integers"),
+    (["verify", "valley", "--seeds", "0"], "--seeds"),
+    (["verify", "valley", "--rules", "recommended,cubic"], "unknown rule cubic"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, says):
+    spec, store = synthetic_study(tmp_path, 0.5)
+    assert tuner("run", str(spec), "--storage", store, "--n-trials", "24", cwd=tmp_path).returncode == 0
+    before = Path(store).read_bytes()
+    p = tuner(*args, "--storage", store, cwd=tmp_path)
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert Path(store).read_bytes() == before
+
+
+def test_a_study_with_no_fit_says_to_fit_it_first(tmp_path):
+    spec, store = synthetic_study(tmp_path, 0.5)
+    assert tuner("run", str(spec), "--storage", store, "--n-trials", "24", "--no-fit", cwd=tmp_path).returncode == 0
+    before = Path(store).read_bytes()
+    p = tuner("verify", "valley", "--storage", store, cwd=tmp_path)
+    assert p.returncode == 2 and "run `tuner fit valley` first" in p.stderr, p.stderr
+    assert Path(store).read_bytes() == before
