@@ -296,7 +296,7 @@ def studies(storage: str | None) -> None:
 
     from tuner.runner import stored_spec
     from tuner.storage import open_storage, redact, storage_url
-    from tuner.summary import describe_running, format_table, summarize
+    from tuner.summary import describe_running, describe_verification, format_table, summarize
 
     url = storage_url(storage)
     opened = open_storage(url, create=False)
@@ -310,7 +310,7 @@ def studies(storage: str | None) -> None:
         target = f"{spec.study.n_trials} finished trials" if spec else "not made by tuner run"
         done = sum(r.finished for r in rows)
         click.echo(f"{summary.study_name}  ({summary.direction.name.lower()}, {done} of {target})")
-        click.echo("\n".join([format_table(rows), *describe_running(study)]) + "\n")
+        click.echo("\n".join([format_table(rows), *describe_running(study), *describe_verification(study)]) + "\n")
 
 
 def main() -> None:

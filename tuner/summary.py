@@ -8,7 +8,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.trials import BATCH_SIZE, LR, WORKER_ATTR, Outcome, by_batch_size, outcome_of
+from tuner.trials import BATCH_SIZE, FINISHED, LR, WORKER_ATTR, Outcome, by_batch_size, is_verification, outcome_of
 
 
 @dataclass
@@ -70,6 +70,17 @@ def describe_running(study: optuna.Study, now: datetime | None = None) -> list[s
         lines.append(f"  trial {trial.number} running (batch {trial.params.get(BATCH_SIZE, '?')}): {age}"
                      + (f", process {worker}" if worker else ""))
     return lines
+
+
+def describe_verification(study: optuna.Study) -> list[str]:
+    """A line on the trainings `tuner verify` queued, where it queued any (they are not in the table)."""
+    held_out = [t for t in study.get_trials(deepcopy=False) if is_verification(t)]
+    if not held_out:
+        return []
+    finished = sum(t.state in FINISHED for t in held_out)
+    pending = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in held_out)
+    return [f"  verification (tuner verify): {finished} trainings finished"
+            + (f", {pending} queued or running" if pending else "")]
 
 
 def _ago(delta: timedelta) -> str:

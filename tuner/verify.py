@@ -33,7 +33,7 @@ from tuner.runner import interruptible, open_study, run_study, stored_spec
 from tuner.spec import StudySpec
 from tuner.storage import load_study, open_storage, storage_url
 from tuner.trials import ERROR, FINISHED, PURPOSE, SEED, VERIFY, is_verification
-from tuner.workload import load_workload
+from tuner.workload import Workload, load_workload
 
 _STREAM = 0x76657269  # "veri": verification seeds are drawn apart from the search's trial seeds
 _POLL = 2.0  # seconds between looks at trainings other workers run
@@ -90,12 +90,13 @@ def prepare(study_name: str, storage: str | None = None, *, batch_sizes: Sequenc
     return VerifyPlan(study, spec, fit, url, points, seed_list, missing)
 
 
-def run(plan: VerifyPlan, *, quiet: bool = False) -> FitResult:
+def run(plan: VerifyPlan, *, quiet: bool = False, workload: Workload | None = None) -> FitResult:
     """Queue the plan's missing trainings, train them (and wait for those other workers run), and
-    store the verification in the study's fit; the fit with it."""
+    store the verification in the study's fit; the fit with it. ``workload``: the study file's,
+    loaded from the working directory, unless given."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
     study = open_study(plan.spec, open_storage(plan.url, create=False))
-    workload = load_workload(plan.spec)
+    workload = workload or load_workload(plan.spec)
     for point, seed in plan.missing:
         study.enqueue_trial({"batch_size": point.batch_size, "lr": point.lr},
                             user_attrs={PURPOSE: VERIFY, SEED: seed}, skip_if_exists=False)
