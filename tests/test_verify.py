@@ -16,15 +16,17 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import spec_dict, toml_text, tuner
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from scipy.stats import t as student
 
 from tuner import runner
 from tuner import verify as verification
 from tuner.fit import load_fit
+from tuner.fit._report import format_verification
 from tuner.fit._verification import RULE_CHOICES, default_batch_sizes
 from tuner.storage import open_storage
-from tuner.trials import SEED, WORKER_ATTR, is_verification
+from tuner.trials import PURPOSE, SEED, VERIFY, WORKER_ATTR, is_verification
 from tuner.workloads.quadratic import expected_loss
 
 # lr* = 0.01 (B/16)^alpha exactly; twice as steep above the optimum, diverging past ×4.5. Each seed
@@ -119,6 +121,22 @@ def test_verification_trials_stay_out_of_the_search_and_the_fit(tmp_path):
     refit = runner.fit_and_save(study)
     assert all(refit.to_dict()[key] == before.to_dict()[key] for key in ("optimal_lr", "rules", "recommended"))
     assert refit.verify == fit.verify and refit.verdict.endswith(fit.verify.summary)
+
+
+def test_a_training_running_on_another_machine_is_not_waited_for(tmp_path):
+    # on a journal file nothing can tell whether a process on another machine is alive
+    spec, store = synthetic_study(tmp_path, 1.0)
+    runner.run(spec, store, quiet=True)
+    plan = verification.prepare("valley", store, batch_sizes=[90], seeds=1)
+    point, seed = plan.missing[0]
+    study = optuna.load_study(study_name="valley", storage=open_storage(store, create=False))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.RUNNING, params={"batch_size": point.batch_size, "lr": point.lr},
+        distributions={"batch_size": IntDistribution(16, 512, log=True), "lr": FloatDistribution(1e-4, 1.0, log=True)},
+        user_attrs={PURPOSE: VERIFY, SEED: seed}, system_attrs={WORKER_ATTR: "elsewhere:4242"}))
+    fit = verification.run(verification.prepare("valley", store, batch_sizes=[90], seeds=1), quiet=True)
+    assert fit.verify.finished == fit.verify.trainings - 1
+    assert "run `tuner verify` again to include them" in format_verification(fit)
 
 
 def test_default_held_out_batch_sizes_lie_between_the_studied_ones():

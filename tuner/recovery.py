@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import optuna
 from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import heartbeat_grace
 from tuner.trials import WORKER_ATTR, queue_retry
@@ -34,6 +34,13 @@ def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
     """Record which process runs ``trial`` (where heartbeats do not cover it)."""
     if not uses_heartbeats(study):
         study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _this_worker())
+
+
+def watched_here(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether a run here would notice ``trial``'s worker dying and retry it: always on a database
+    (heartbeats); on a journal file, when the worker is a process of this machine."""
+    return uses_heartbeats(study) or str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")[0] == \
+        socket.gethostname()
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from tuner.errors import InputError
 from tuner.fit import FitResult, load_fit, save_fit
 from tuner.fit._verification import DEFAULT_RULES, RULE_CHOICES, Point, default_batch_sizes, plan, summarize
+from tuner.recovery import watched_here
 from tuner.runner import interruptible, open_study, run_study, stored_spec
 from tuner.spec import StudySpec
 from tuner.storage import load_study, open_storage, storage_url
@@ -105,8 +106,8 @@ def run(plan: VerifyPlan, *, quiet: bool = False, workload: Workload | None = No
         with interruptible(plan.url):
             while True:
                 run_study(study, plan.spec, workload, callbacks=[progress], until=_nothing_queued)
-                if not _verifications(study, TrialState.RUNNING):
-                    break
+                if not any(watched_here(study, t) for t in _verifications(study, TrialState.RUNNING)):
+                    break  # a journal trial on another machine may never end: not waited for
                 time.sleep(_POLL)  # another worker is training some: wait for them (or their retries)
                 progress.refresh(study)
     finally:

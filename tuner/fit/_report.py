@@ -39,6 +39,9 @@ def format_verification(result: FitResult) -> str:
     """What `tuner verify` measured, for a terminal: its sentence and table."""
     verification = result.verify
     lines = [verification.summary or "Nothing measured yet.", "", VERIFY_TITLE + ":"]
+    if verification.finished < verification.trainings:
+        lines[1:1] = ["", f"{verification.finished} of {verification.trainings} trainings finished; the others "
+                      "failed or still run on other machines: run `tuner verify` again to include them."]
     return "\n".join(lines + _aligned(_verify_rows(result)))
 
 
