@@ -644,3 +644,37 @@ def test_fitting_leaves_the_garbage_collector_as_it_found_it():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def stored_study(name: str) -> optuna.Study:
+    """A study rebuilt from the trials stored in tests/data/``name`` (params, value, state, reports)."""
+    stored = json.loads((Path(__file__).parent / "data" / name).read_text())
+    study = optuna.create_study()
+    distributions = {"batch_size": IntDistribution(1, 4096, log=True), "lr": FloatDistribution(1e-6, 100.0, log=True)}
+    for t in stored["trials"]:
+        study.add_trial(create_trial(
+            state=TrialState[t["state"]], value=t["value"] if t["state"] == "COMPLETE" else None, params=t["params"],
+            distributions=distributions, user_attrs={"outcome": t["outcome"]} if t["outcome"] else {},
+            intermediate_values={int(k): v for k, v in t["reports"].items()}))
+    return study
+
+
+def test_each_rule_is_fitted_where_it_costs_least_not_in_the_first_hollow():
+    # a stiff quadratic's trials: started from the optima's least squares alone, the power law's cost
+    # fit stopped in a hollow six times costlier than its best (a brute-force grid finds that best)
+    from tuner.fit._data import read_study
+    from tuner.fit._optimum import estimate_optima
+    from tuner.fit._result import _optima, _reference
+    from tuner.fit._rules import RULE_NAMES, SATURATING, cost, fit_theta
+
+    data = read_study(stored_study("stiff-quadratic-trials.json"))
+    usable = [o for o in estimate_optima(data.batches, False, data.lr_range, np.random.default_rng(0)) if o.usable]
+    optima, log_ref = _optima(usable), math.log(_reference(usable, None).batch_size)
+    levels = np.linspace(optima.y.min() - 2.0, optima.y.max() + 2.0, 81)
+    second = {"power": np.linspace(-0.5, 1.5, 81), SATURATING: np.linspace(optima.log_b.min(), optima.log_b.max(), 81)}
+    for name in RULE_NAMES:
+        fitted = np.sum(cost(name, fit_theta(name, optima, log_ref), optima, log_ref) ** 2)
+        grid = [np.array([level, *extra]) for level in levels for extra in ([[v] for v in second[name]]
+                                                                           if name in second else [[]])]
+        best = min(np.sum(cost(name, theta, optima, log_ref) ** 2) for theta in grid)
+        assert fitted <= 1.05 * best, (name, fitted, best)
