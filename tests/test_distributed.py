@@ -246,11 +246,14 @@ def test_a_worker_killed_while_others_finish_leaves_nothing_running_after_the_re
     assert len(finished(after)) <= 24 + 2  # the killed trial's retry stands in for the trial it lost
 
 
-def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path, monkeypatch):
-    # Optuna finds a stale trial by its last heartbeat: one killed while being created has none
+@pytest.mark.parametrize("storage", ["s.db", "s.journal"])
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path, monkeypatch, storage):
+    # Optuna finds a stale trial by its last heartbeat: one killed while being created has none; on a
+    # journal file, nor has it its process yet (fault injection: SIGTERM inside Optuna's ask)
     monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("TUNER_HEARTBEAT_GRACE", "1")
-    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True))
+    url = f"sqlite:///{tmp_path / storage}" if storage.endswith(".db") else str(tmp_path / storage)
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
     study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # created, then the worker died
     assert recover_dead_trials(study) == []  # within the grace period it may still be starting up
     time.sleep(1.5)

@@ -59,7 +59,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         return sorted(running - still)
     host = socket.gethostname()
-    failed = []
+    failed = _fail_killed_before_first_heartbeat(study, unmarked=True)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
@@ -73,17 +73,23 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
-def _fail_killed_before_first_heartbeat(study: optuna.Study) -> None:
+def _fail_killed_before_first_heartbeat(study: optuna.Study, unmarked: bool = False) -> list[int]:
     """Optuna counts a trial as stale only once it has beaten: a worker killed while creating its
     trial leaves it RUNNING forever, with no heartbeat and no parameters (the objective sets them
-    first thing). Nothing to retry; the balanced allocation fills its place."""
+    first thing). On a journal file (``unmarked``), likewise a trial whose worker was stopped before
+    it recorded its process (the first thing the objective does). Nothing to retry; the balanced
+    allocation fills its place."""
     cutoff = datetime.now() - timedelta(seconds=heartbeat_grace())
+    failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not trial.params and trial.datetime_start is not None and trial.datetime_start < cutoff:
+        dead = not trial.params and (not unmarked or WORKER_ATTR not in trial.system_attrs)
+        if dead and trial.datetime_start is not None and trial.datetime_start < cutoff:
             try:
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                failed.append(trial.number)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # it finished (or another worker failed it) meanwhile
+    return failed
 
 
 def _alive(pid: int) -> bool:
