@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 import optuna
-from pydantic import Field, computed_field, model_validator
+from pydantic import Field, computed_field, model_serializer, model_validator
 
 from tuner.errors import InputError
 from tuner.fit._data import read_study
@@ -104,6 +104,15 @@ class FitResult(Frozen):
     def flat_from(self) -> float:
         """Above this batch size the saturating rule is within the verdict's TOLERANCE of its plateau."""
         return regimes(self.rules[SATURATING])[1]
+
+    @model_serializer(mode="wrap")
+    def _stored_form(self, handler) -> dict:
+        """As stored: no ``verify`` key until `tuner verify` has run (a fit stored before it, read
+        and written again, stays byte-for-byte the same)."""
+        data = handler(self)
+        if data.get("verify") is None:
+            data.pop("verify", None)
+        return data
 
     def to_dict(self) -> dict:
         """Plain JSON, as stored (non-finite numbers as null)."""
