@@ -678,3 +678,15 @@ def test_each_rule_is_fitted_where_it_costs_least_not_in_the_first_hollow():
                                                                            if name in second else [[]])]
         best = min(np.sum(cost(name, theta, optima, log_ref) ** 2) for theta in grid)
         assert fitted <= 1.05 * best, (name, fitted, best)
+
+
+def test_a_rule_that_loses_much_at_a_batch_size_measured_is_named_in_the_warnings():
+    # the stiff quadratic's trials: no rule form fits every optimum, and at B=2048 the recommended
+    # saturating rule lands beside a run that did 54% worse than the optimum there
+    result = fit_study(stored_study("stiff-quadratic-trials.json"))
+    costly = [w for w in result.warnings if "following the" in w]
+    assert len(costly) == 1 and costly[0].startswith("B=2048: following the saturating rule loses 54%"), costly
+    assert "use that batch size's own optimum, lr=0.166" in costly[0]
+    # where the rule fits the optima, nothing is said
+    clean = fit_study(grid_study(0.5, sizes=[16, 64, 256, 1024]))
+    assert not [w for w in clean.warnings if "following the" in w]

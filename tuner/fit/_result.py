@@ -27,6 +27,7 @@ from tuner.fit._optimum import (
 from tuner.fit._rules import LINEAR, SATURATING, SQRT, Optima, Rule, fit_rules
 from tuner.fit._verdict import (
     anchored,
+    costly_warnings,
     following,
     plateau_warnings,
     recommend,
@@ -166,7 +167,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
         optima=optima, rules=rules, recommended=recommended, reference_batch_size=reference.batch_size,
         verdict=write_verdict(rules, recommended, optima, reference),
-        warnings=warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima),
+        warnings=(warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima)
+                  + costly_warnings(rules, recommended, optima)),
         lr_range=data.lr_range, version=__version__)
 
 

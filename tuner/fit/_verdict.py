@@ -25,6 +25,7 @@ from tuner.fit._rules import FIXED_ALPHA, LINEAR, N_PARAMS, POWER, RULE_NAMES, S
 
 BIC_TIE = 2.0      # "positive evidence" on the usual BIC scale (Kass & Raftery 1995)
 TOLERANCE = 1.25   # a simpler rule "holds" where it is within this factor of the fitted one
+COSTLY = 0.10      # following the recommended rule may lose this share of the metric before the verdict warns
 RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power law", SATURATING: "saturating rule"}
 
 
@@ -209,6 +210,33 @@ def plateau_warnings(rule: Rule, optima: list[BatchOptimum]) -> list[str]:
     return [f"The plateau lr_max={rule.lr_max:.3g} is an extrapolation: lr={cliff:.3g} already "
             f"diverged at B={batch_size}. Above the batch sizes measured, keep the learning rate below "
             f"{cliff:.3g}."]
+
+
+def costly_warnings(rules: dict[str, Rule], recommended: str, optima: list[BatchOptimum]) -> list[str]:
+    """Where following the recommended rule loses more than COSTLY of the metric at a batch size
+    measured, beyond twice its standard error (or diverges): no rule form fits the optima there, and
+    that batch size's own optimum is the safer learning rate. Says how much the best rule would lose
+    there too."""
+    notes = []
+    for i, o in enumerate(optima):
+        lost = {name: _share(rule, i, o) for name, rule in rules.items()}
+        if o.lr is None or lost[recommended] is None or _share(rules[recommended], i, o, -2.0) <= COSTLY:
+            continue
+        least = min((v for v in lost.values() if v is not None), default=lost[recommended])
+        others = "every rule diverges there" if least == math.inf else f"the least any rule loses there is {least:.0%}"
+        loses = "diverges" if lost[recommended] == math.inf else f"loses {lost[recommended]:.0%} of the metric"
+        notes.append(f"B={o.batch_size}: following the {RULE_LABELS[recommended]} {loses} ({others}); use "
+                     f"that batch size's own optimum, lr={o.lr:.3g}, and check other batch sizes with `tuner verify`.")
+    return notes
+
+
+def _share(rule: Rule, i: int, optimum: BatchOptimum, errors: float = 0.0) -> float | None:
+    """What following ``rule`` loses at the i-th batch size (plus ``errors`` standard errors), as a
+    share of its best value (inf: diverges)."""
+    if rule.diverges[i]:
+        return math.inf
+    cost, se = rule.metric_cost[i], (rule.metric_cost_se[i] if rule.metric_cost_se else None) or 0.0
+    return None if cost is None or not optimum.best_value else (cost + errors * se) / abs(optimum.best_value)
 
 
 def alpha_interval(rule: Rule) -> str:
