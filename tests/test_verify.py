@@ -41,19 +41,21 @@ def train(run):
         return float("nan")
     if run.batch_size not in (16, 32, 64, 128, 256, 512):
         time.sleep(run.options.get("held_out_sleep", 0.0))  # only verification trainings are slow
+    score = (lambda v: 1.0 - v) if run.direction == "maximize" else (lambda v: v)  # an accuracy-like metric
     loss = 0.3 + 0.2 * z * z * (2.0 if z > 0 else 1.0)
     for k in range(1, 4):
-        run.report(k * 100 * run.batch_size, loss * (1 + 0.2 * (3 - k)))
+        run.report(k * 100 * run.batch_size, score(loss * (1 + 0.2 * (3 - k))))
     shared = random.Random(run.seed).gauss(0.0, 0.02)
     own = random.Random(f"{run.seed}:{run.lr}").gauss(0.0, 0.003)
-    return loss * (1 + shared) + 0.3 * own
+    return score(loss * (1 + shared) + 0.3 * own)
 '''
 SIZES = [16, 32, 64, 128, 256, 512]
 
 
-def synthetic_study(folder: Path, alpha: float, held_out_sleep: float = 0.0) -> tuple[Path, str]:
+def synthetic_study(folder: Path, alpha: float, held_out_sleep: float = 0.0,
+                    direction: str = "minimize") -> tuple[Path, str]:
     (folder / "valley.py").write_text(SYNTHETIC)
-    spec = spec_dict(study={"name": "valley", "n_trials": 72, "seed": 0},
+    spec = spec_dict(study={"name": "valley", "n_trials": 72, "seed": 0, "direction": direction},
                      search={"lr": [1e-4, 1.0], "batch_sizes": SIZES},
                      workload={"target": "valley:train", "alpha": alpha, "held_out_sleep": held_out_sleep})
     (folder / "valley.toml").write_text(toml_text(spec))
@@ -88,14 +90,15 @@ def true_loss(lr: float, batch_size: int, alpha: float) -> float:
     return math.inf if z > 1.5 else 0.3 + 0.2 * z * z * (2.0 if z > 0 else 1.0)
 
 
-@pytest.mark.parametrize("alpha, wrong", [(0.5, "linear"), (1.0, "sqrt")])
-def test_verify_ranks_the_rules_as_the_truth_does(tmp_path, alpha, wrong):
-    spec, store = synthetic_study(tmp_path, alpha)
+@pytest.mark.parametrize("alpha, wrong, direction", [(0.5, "linear", "minimize"), (1.0, "sqrt", "maximize")])
+def test_verify_ranks_the_rules_as_the_truth_does(tmp_path, alpha, wrong, direction):
+    spec, store = synthetic_study(tmp_path, alpha, direction=direction)
     runner.run(spec, store, quiet=True)
     fit = verification.run(verification.prepare("valley", store, seeds=3), quiet=True)
     largest = max(fit.verify.batches, key=lambda b: b.batch_size)
     rates = {label: rate for rate in largest.rates for label in rate.labels}
     truth = {label: true_loss(rate.lr, largest.batch_size, alpha) for label, rate in rates.items()}
+    assert all(rate.regret >= 0 for rate in rates.values())  # worse than the best, whichever way the metric goes
     # every two rules whose true losses differ by more than 0.5% of the metric are ordered as the truth orders them
     for a, b in itertools.combinations(["recommended", "linear", "sqrt"], 2):
         if abs(truth[a] - truth[b]) > 0.005 * 0.3:
