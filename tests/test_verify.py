@@ -24,7 +24,7 @@ from tuner import runner
 from tuner import verify as verification
 from tuner.fit import load_fit
 from tuner.fit._report import format_verification
-from tuner.fit._verification import RULE_CHOICES, default_batch_sizes
+from tuner.fit._verification import RULE_CHOICES, beyond_the_best, default_batch_sizes, plan, summarize
 from tuner.storage import open_storage
 from tuner.trials import PURPOSE, SEED, VERIFY, WORKER_ATTR, is_verification
 from tuner.workloads.quadratic import expected_loss
@@ -140,6 +140,34 @@ def test_a_training_running_on_another_machine_is_not_waited_for(tmp_path):
     fit = verification.run(verification.prepare("valley", store, batch_sizes=[90], seeds=1), quiet=True)
     assert fit.verify.finished == fit.verify.trainings - 1
     assert "run `tuner verify` again to include them" in format_verification(fit)
+
+
+def test_where_the_best_measured_is_an_end_verify_steps_beyond_it(tmp_path):
+    # the truth's optimum at B=90 lies ×5 above the rate a (deliberately wrong) rule gives: the rates
+    # ×0.5 … ×2 around it have their best at ×2, and the rules' regrets would be measured against too
+    # poor a best
+    spec, store = synthetic_study(tmp_path, 1.0)
+    runner.run(spec, store, quiet=True)
+    fit = load_fit(optuna.load_study(study_name="valley", storage=open_storage(store, create=False)))
+    rule = fit.rules[fit.recommended]
+    low = rule.model_copy(update={"lr_ref": (rule.lr_ref or 0) / 5, "lr_max": (rule.lr_max or 0) / 5})
+    wrong = fit.model_copy(update={"rules": {**fit.rules, fit.recommended: low}})
+    points = plan(wrong, [90], ["recommended"])
+    seeds = [1, 2]
+
+    def measured(points):
+        return [optuna.trial.create_trial(
+            value=true_loss(p.lr, 90, 1.0) + 0.001 * s, params={"batch_size": 90, "lr": p.lr},
+            distributions={"batch_size": IntDistribution(1, 4096), "lr": FloatDistribution(1e-6, 100.0, log=True)},
+            user_attrs={PURPOSE: VERIFY, SEED: s}) for p in points for s in seeds]
+
+    steps = []
+    while extra := beyond_the_best(wrong, points, seeds, measured(points)):
+        steps += extra
+        points += extra
+    assert [p.labels for p in steps] == [("×4",), ("×8",)]  # up to the truth (×5), then past it: bracketed
+    best = summarize(wrong, points, seeds, measured(points)).batches[0].best_lr
+    assert best == pytest.approx(wrong.predict(90) * 4) and true_loss(best, 90, 1.0) < true_loss(best / 2, 90, 1.0)
 
 
 def test_default_held_out_batch_sizes_lie_between_the_studied_ones():

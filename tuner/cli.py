@@ -180,7 +180,8 @@ def verify(study_name: str, storage: str | None, batch_sizes: list[int] | None, 
     """Measure what following each rule costs at batch sizes STUDY never searched.
 
     At each held-out batch size it trains each rule's learning rate and four around the
-    recommended one (×0.5, ×0.71, ×1.41, ×2) with every seed and no pruning, then stores the
+    recommended one (×0.5, ×0.71, ×1.41, ×2; further out, ×2 at a time up to ×8, while the best
+    is the lowest or highest of them) with every seed and no pruning, then stores the
     regret of each rule against the best learning rate measured there in the study's fit (key
     verify; a sentence ends the verdict). The trainings are queued in the study: `tuner worker`
     processes elsewhere run them too, and a rerun after an interruption trains only what is missing.

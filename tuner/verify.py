@@ -28,7 +28,15 @@ from tqdm import tqdm
 
 from tuner.errors import InputError
 from tuner.fit import FitResult, load_fit, save_fit
-from tuner.fit._verification import DEFAULT_RULES, RULE_CHOICES, Point, default_batch_sizes, plan, summarize
+from tuner.fit._verification import (
+    DEFAULT_RULES,
+    RULE_CHOICES,
+    Point,
+    beyond_the_best,
+    default_batch_sizes,
+    plan,
+    summarize,
+)
 from tuner.recovery import watched_here
 from tuner.runner import interruptible, open_study, run_study, stored_spec
 from tuner.spec import StudySpec
@@ -87,6 +95,9 @@ def prepare(study_name: str, storage: str | None = None, *, batch_sizes: Sequenc
     points = plan(fit, sizes, list(dict.fromkeys(rules)))
     seed_list = verify_seeds(spec.study.seed, seeds)
     present = [t for t in study.get_trials(deepcopy=False, states=_PRESENT) if is_verification(t)]
+    finished = [t for t in present if t.state in FINISHED]
+    while extra := beyond_the_best(fit, points, seed_list, finished):  # steps an earlier run took
+        points += extra
     missing = [(p, s) for p in points for s in seed_list if not any(_is(t, p, s) for t in present)]
     return VerifyPlan(study, spec, fit, url, points, seed_list, missing)
 
@@ -98,25 +109,36 @@ def run(plan: VerifyPlan, *, quiet: bool = False, workload: Workload | None = No
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the progress callback
     study = open_study(plan.spec, open_storage(plan.url, create=False))
     workload = workload or load_workload(plan.spec)
-    for point, seed in plan.missing:
-        study.enqueue_trial({"batch_size": point.batch_size, "lr": point.lr},
-                            user_attrs={PURPOSE: VERIFY, SEED: seed}, skip_if_exists=False)
-    progress = _Progress(study, plan, enabled=not quiet)
+    points, missing = list(plan.points), list(plan.missing)
+    progress = _Progress(study, points, plan.seeds, enabled=not quiet)
     try:
         with interruptible(plan.url):
-            while True:
-                run_study(study, plan.spec, workload, callbacks=[progress], until=_nothing_queued)
-                if not any(watched_here(study, t) for t in _verifications(study, TrialState.RUNNING)):
-                    break  # a journal trial on another machine may never end: not waited for
-                time.sleep(_POLL)  # another worker is training some: wait for them (or their retries)
+            while missing:
+                for point, seed in missing:
+                    study.enqueue_trial({"batch_size": point.batch_size, "lr": point.lr},
+                                        user_attrs={PURPOSE: VERIFY, SEED: seed}, skip_if_exists=False)
                 progress.refresh(study)
+                _train(study, plan.spec, workload, progress)
+                extra = beyond_the_best(plan.fit, points, plan.seeds, _verifications(study, *FINISHED))
+                points += extra
+                missing = [(p, s) for p in extra for s in plan.seeds]
     finally:
         progress.close()
     fit = load_fit(study) or plan.fit  # a `tuner fit` meanwhile: keep its rules
-    verification = summarize(fit, plan.points, plan.seeds, _verifications(study, *FINISHED))
+    verification = summarize(fit, points, plan.seeds, _verifications(study, *FINISHED))
     result = fit.with_verification(verification)
     save_fit(study, result)
     return result
+
+
+def _train(study: optuna.Study, spec: StudySpec, workload: Workload, progress: _Progress) -> None:
+    """Run the queued verifications, then wait for those other workers run (or their retries)."""
+    while True:
+        run_study(study, spec, workload, callbacks=[progress], until=_nothing_queued)
+        if not any(watched_here(study, t) for t in _verifications(study, TrialState.RUNNING)):
+            return  # a journal trial on another machine may never end: not waited for
+        time.sleep(_POLL)
+        progress.refresh(study)
 
 
 def verify_seeds(study_seed: int, n: int) -> list[int]:
@@ -151,11 +173,11 @@ def _nothing_queued(study: optuna.Study) -> bool:
 
 
 class _Progress:
-    """A bar over the plan's trainings (finished by any worker)."""
+    """A bar over the planned trainings (``points`` may grow), finished by any worker."""
 
-    def __init__(self, study: optuna.Study, plan: VerifyPlan, enabled: bool) -> None:
-        self._plan = plan
-        self._bar = tqdm(total=len(plan.points) * len(plan.seeds), unit="training", desc="verify",
+    def __init__(self, study: optuna.Study, points: list[Point], seeds: list[int], enabled: bool) -> None:
+        self._points, self._seeds = points, seeds
+        self._bar = tqdm(total=len(points) * len(seeds), unit="training", desc="verify",
                          file=sys.stderr, dynamic_ncols=True, disable=None if enabled else True)
         self.refresh(study)
 
@@ -169,7 +191,8 @@ class _Progress:
 
     def refresh(self, study: optuna.Study) -> None:
         finished = _verifications(study, *FINISHED)
-        self._bar.n = sum(any(_is(t, p, s) for t in finished) for p in self._plan.points for s in self._plan.seeds)
+        self._bar.total = len(self._points) * len(self._seeds)
+        self._bar.n = sum(any(_is(t, p, s) for t in finished) for p in self._points for s in self._seeds)
         self._bar.refresh()
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ RULE_CHOICES = (RECOMMENDED, *RULE_NAMES)
 DEFAULT_RULES = (RECOMMENDED, LINEAR, SQRT)
 # learning rates around the recommended one, so that the best at a held-out batch size is measured too
 AROUND = {"×0.5": 0.5, "×0.71": 2 ** -0.5, "×1.41": 2 ** 0.5, "×2": 2.0}
+MAX_REACH = 8.0  # where the best lies at an end of those, steps go on ×2 at a time up to this far
 SAME_LR = math.log(1.01)  # learning rates this close are one training
 HELD_OUT = 3  # default held-out batch sizes
 WITHIN = 0.01  # a rule within this share of the best measured "is within" it
@@ -123,6 +124,22 @@ def plan(fit, batch_sizes: Sequence[int], rules: Sequence[str]) -> list[Point]:
                 merged.append(Point(b, lr, (label,)))
         points += merged
     return points
+
+
+def beyond_the_best(fit, points: Sequence[Point], seeds: Sequence[int], trials: Iterable) -> list[Point]:
+    """One more learning rate ×2 past the end of a held-out batch size's rates where the best
+    measured is that end (at most MAX_REACH from the recommended one): until the best is bracketed,
+    the best at that batch size may lie further out, and every rule's regret would be measured
+    against too poor a best."""
+    extra = []
+    for batch in summarize(fit, points, seeds, trials).batches:
+        lrs = sorted(p.lr for p in points if p.batch_size == batch.batch_size)
+        center = fit.predict(batch.batch_size)
+        for end, step in ((lrs[0], 0.5), (lrs[-1], 2.0)):
+            factor = end * step / center
+            if batch.best_lr == end and 1 / MAX_REACH <= factor <= MAX_REACH:
+                extra.append(Point(batch.batch_size, end * step, (f"×{factor:.2g}",)))
+    return extra
 
 
 def summarize(fit, points: Sequence[Point], seeds: Sequence[int], trials: Iterable) -> Verification:
