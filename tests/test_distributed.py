@@ -18,15 +18,21 @@ from tuner.recovery import recover_dead_trials
 from tuner.storage import open_storage
 
 SLOW_TRAIN = '''
-import math, time
+import math, os, pathlib, time
 
 def train(run):
-    """lr* = 1e-3 B; each report waits run.options["sleep"] seconds, like a short real epoch."""
-    loss = 1 + math.log(run.lr / (1e-3 * run.batch_size)) ** 2
-    for k in range(1, 5):
-        time.sleep(run.options["sleep"])
-        run.report(k * 100 * run.batch_size, loss + (4 - k) * 0.1)
-    return loss
+    """lr* = 1e-3 B; each report waits run.options["sleep"] seconds, like a short real epoch. While it
+    trains, the file training-PID says which process does."""
+    mark = pathlib.Path(f"training-{os.getpid()}")
+    mark.touch()
+    try:
+        loss = 1 + math.log(run.lr / (1e-3 * run.batch_size)) ** 2
+        for k in range(1, 5):
+            time.sleep(run.options["sleep"])
+            run.report(k * 100 * run.batch_size, loss + (4 - k) * 0.1)
+        return loss
+    finally:
+        mark.unlink(missing_ok=True)
 '''
 FAST_HEARTBEAT = {"TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_HEARTBEAT_GRACE": "3"}
 
@@ -229,8 +235,9 @@ def test_a_worker_killed_while_others_finish_leaves_nothing_running_after_the_re
     args = ["run", str(spec), "--storage", postgres_url, "--no-fit"]
     patient = {**FAST_HEARTBEAT, "TUNER_HEARTBEAT_GRACE": "60"}  # the others finish before it goes stale
     runs = [start(args, tmp_path, patient) for _ in range(3)]
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.number > 3 for t in getattr(
-        try_load(postgres_url), "trials", [])))
+    wait_for(lambda: len(finished(try_load(postgres_url) or optuna.create_study())) > 3)
+    # killed mid-training: between two trials it would leave nothing running (CI once killed it there)
+    wait_for(lambda: (tmp_path / f"training-{runs[0].pid}").exists())
     runs[0].send_signal(signal.SIGKILL)
     assert [r.wait(timeout=120) for r in runs[1:]] == [0, 0]
     before = load(postgres_url)
