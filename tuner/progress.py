@@ -9,7 +9,15 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from tuner.summary import BatchSummary, summarize
-from tuner.trials import BATCH_SIZE, ERROR, LR, count_finished
+from tuner.trials import BATCH_SIZE, ERROR, LR, count_finished, is_verification
+
+
+def report_failure(trial: FrozenTrial, what: str = "trial") -> None:
+    """A failed trial's error, one line above the bar (always shown, even without a bar)."""
+    if trial.state == TrialState.FAIL:
+        error = trial.user_attrs.get(ERROR, "no error recorded (stopped, or its storage failed)")
+        tqdm.write(f"{what} {trial.number} failed (batch {trial.params.get(BATCH_SIZE)}, lr "
+                   f"{trial.params.get(LR, float('nan')):.3g}): {error}", file=sys.stderr)
 
 
 class TrialProgress:
@@ -26,13 +34,9 @@ class TrialProgress:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         batch_size = trial.params.get(BATCH_SIZE)
-        if batch_size is not None:
+        if batch_size is not None and not is_verification(trial):  # a worker may run `tuner verify`'s
             self._rows.setdefault(batch_size, BatchSummary(batch_size)).add(trial, self._maximize)
-        if trial.state == TrialState.FAIL:
-            lr = trial.params.get(LR, float("nan"))
-            tqdm.write(f"trial {trial.number} failed (batch {batch_size}, lr {lr:.3g}): "
-                       f"{trial.user_attrs.get(ERROR, 'no error recorded (stopped, or its storage failed)')}",
-                       file=sys.stderr)
+        report_failure(trial)
         self._bar.n = min(count_finished(study), self._bar.total)
         self._show_best()
 

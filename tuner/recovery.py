@@ -39,8 +39,13 @@ def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
 def watched_here(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Whether a run here would notice ``trial``'s worker dying and retry it: always on a database
     (heartbeats); on a journal file, when the worker is a process of this machine."""
-    return uses_heartbeats(study) or str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")[0] == \
-        socket.gethostname()
+    return uses_heartbeats(study) or _worker(trial)[0] == socket.gethostname()
+
+
+def _worker(trial: FrozenTrial) -> tuple[str, str]:
+    """(host, pid) of the process that runs a journal trial (empty where none is recorded)."""
+    host, _, pid = str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
+    return host, pid
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
@@ -61,7 +66,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     failed = _fail_killed_before_first_heartbeat(study, unmarked=True)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        worker_host, pid = _worker(trial)
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         try:

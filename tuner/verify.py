@@ -37,11 +37,12 @@ from tuner.fit._verification import (
     plan,
     summarize,
 )
+from tuner.progress import report_failure
 from tuner.recovery import watched_here
 from tuner.runner import interruptible, open_study, run_study, stored_spec
 from tuner.spec import StudySpec
 from tuner.storage import load_study, open_storage, storage_url
-from tuner.trials import ERROR, FINISHED, PURPOSE, SEED, VERIFY, is_verification
+from tuner.trials import BATCH_SIZE, FINISHED, LR, PURPOSE, SEED, VERIFY, is_verification
 from tuner.workload import Workload, load_workload
 
 _STREAM = 0x76657269  # "veri": verification seeds are drawn apart from the search's trial seeds
@@ -115,7 +116,7 @@ def run(plan: VerifyPlan, *, quiet: bool = False, workload: Workload | None = No
         with interruptible(plan.url):
             while missing:
                 for point, seed in missing:
-                    study.enqueue_trial({"batch_size": point.batch_size, "lr": point.lr},
+                    study.enqueue_trial({BATCH_SIZE: point.batch_size, LR: point.lr},
                                         user_attrs={PURPOSE: VERIFY, SEED: seed}, skip_if_exists=False)
                 progress.refresh(study)
                 _train(study, plan.spec, workload, progress)
@@ -161,7 +162,7 @@ def _check(batch_sizes: Sequence[int] | None, seeds: int, rules: Sequence[str]) 
 def _is(trial: FrozenTrial, point: Point, seed: int) -> bool:
     # a queued trial has no params yet: Optuna keeps what enqueue_trial fixed in a system attribute
     params = trial.params or trial.system_attrs.get("fixed_params", {})
-    return trial.user_attrs.get(SEED) == seed and point.matches(params.get("batch_size"), params.get("lr", 1.0))
+    return trial.user_attrs.get(SEED) == seed and point.matches(params.get(BATCH_SIZE), params.get(LR, 1.0))
 
 
 def _verifications(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
@@ -182,11 +183,7 @@ class _Progress:
         self.refresh(study)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            error = trial.user_attrs.get(ERROR, "no error recorded")
-            tqdm.write(f"training {trial.number} failed (batch {trial.params.get('batch_size')}, lr "
-                       f"{trial.params.get('lr', float('nan')):.3g}): {error}",
-                       file=sys.stderr)
+        report_failure(trial, "training")
         self.refresh(study)
 
     def refresh(self, study: optuna.Study) -> None:

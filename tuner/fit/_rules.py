@@ -133,13 +133,19 @@ def fit_theta(name: str, data: Optima, log_ref: float, restarts: bool = True) ->
     fit moved up and down). Fitted in log-lr alone, the exact optima of a valley that ends in a
     cliff put a rule past the cliff, and most of a rule's misses in a flat valley cost nothing."""
     theta = _fit_symmetric(name, data.log_b, data.y, data.sigma, log_ref)
-    bounds = ([-np.inf, data.log_b.min() - math.log(B_NOISE_REACH)],
-              [np.inf, data.log_b.max() + math.log(B_NOISE_REACH)]) if name == SATURATING else (-np.inf, np.inf)
+    bounds = _theta_bounds(name, data)
     # the cost is flat between runs and steep at walls: started only from the optima's least squares,
     # the power law stopped in a hollow six times costlier than one ×1.35 lower (a stiff quadratic)
     fits = [least_squares(lambda th: cost(name, th, data, log_ref), x0=start, bounds=bounds)
             for start in (_starts(theta, bounds) if restarts else [theta])]
     return min(fits, key=lambda fit: fit.cost).x
+
+
+def _theta_bounds(name: str, data: Optima):
+    """Where a rule's parameters may go: B_noise at most B_NOISE_REACH beyond the batch sizes measured."""
+    if name != SATURATING:
+        return -np.inf, np.inf
+    return ([-np.inf, data.log_b.min() - math.log(B_NOISE_REACH)], [np.inf, data.log_b.max() + math.log(B_NOISE_REACH)])
 
 
 def _starts(theta: np.ndarray, bounds) -> list[np.ndarray]:
@@ -155,8 +161,7 @@ def _starts(theta: np.ndarray, bounds) -> list[np.ndarray]:
 def _fit_misfit(name: str, data: Optima, log_ref: float) -> np.ndarray:
     """The parameters that minimize ``misfit``."""
     theta = _fit_symmetric(name, data.log_b, data.y, data.sigma, log_ref)
-    bounds = ([-np.inf, data.log_b.min() - math.log(B_NOISE_REACH)],
-              [np.inf, data.log_b.max() + math.log(B_NOISE_REACH)]) if name == SATURATING else (-np.inf, np.inf)
+    bounds = _theta_bounds(name, data)
     return least_squares(lambda th: misfit(name, th, data, log_ref), x0=theta, bounds=bounds).x
 
 
