@@ -49,7 +49,7 @@ from tuner.trials import (
     is_verification,
     search_trials,
 )
-from tuner.workers import WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
+from tuner.workers import STUDY_DIR_ENV, WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
 from tuner.workload import Workload, describe_exception, load_workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
@@ -94,11 +94,12 @@ def run(spec_file: Path, storage: str | None = None, *, n_trials: int | None = N
 
 def join(study_name: str, storage: str | None = None, *, quiet: bool = False) -> RunReport:
     """`tuner worker`: one more worker on a study that `tuner run` made, following the study file
-    stored in it (workload modules are imported from the working directory)."""
+    stored in it (workload modules are imported, and a command workload runs, from the working
+    directory; a local worker `tuner run` started uses the study file's folder)."""
     spec = stored_spec(load_study(study_name, storage))
     if spec is None:
         raise InputError(f"study '{study_name}' was not made by `tuner run`: it stores no study file to follow")
-    study, url = search(spec, load_workload(spec), storage, quiet=quiet)
+    study, url = search(spec, load_workload(spec, os.environ.get(STUDY_DIR_ENV)), storage, quiet=quiet)
     return RunReport(spec, study, url)
 
 

@@ -8,17 +8,20 @@
     batch_sizes = [8, 16, 32, 64, 128, 256, 512]
     [workload]
     target = "digits-mlp"     # built-in name, or "module:callable"; other keys reach it as run.options
+    # or a training script, one process per trial (tuner.command); other keys fill its {placeholders}:
+    # command = ["python", "train.py", "--lr", "{lr}", "--batch-size", "{batch_size}", "--seed", "{seed}"]
 
 Every key is checked (type, range) and an unknown key is an error, so a typo is never ignored.
 """
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuner.errors import InputError
 
@@ -27,6 +30,24 @@ PRUNER_STARTUP_TRIALS = 3  # complete trials a batch size needs before its trial
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)$")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(duration: str) -> float:
+    """'30m' -> 1800.0 (a ``Duration``: a number with s, m or h)."""
+    number, unit = _DURATION.match(duration.strip()).groups()
+    return float(number) * _UNIT_SECONDS[unit]
+
+
+def _duration(value: Any) -> str:
+    if not isinstance(value, str) or not _DURATION.match(value.strip()) or seconds(value) <= 0:
+        raise ValueError(f"a duration such as \"90s\", \"30m\" or \"2h\", got {value!r}")
+    return value.strip()
+
+
+Duration = Annotated[str, BeforeValidator(_duration)]
+COMMAND_KEYS = ("cwd", "env", "timeout", "grace")  # keys of [workload] that only a command workload has
 
 
 class _Table(BaseModel):
@@ -83,13 +104,30 @@ class SearchTable(_Table):
 
 
 class WorkloadTable(BaseModel):
-    # Keys other than target are the workload's own options (run.options); built-in workloads
-    # validate theirs when the workload is loaded.
+    """What trains: ``target``, a callable ``train(run)`` (a built-in name or "module:callable"), or
+    ``command``, a training script run as one process per trial (``tuner.command``). Every other key
+    is the workload's own option: ``run.options`` for a callable, a ``{placeholder}`` for a command."""
+
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-    target: str
+    target: str | None = None
+    command: Annotated[list[str], Field(min_length=1)] | None = None
+    cwd: str | None = None             # a command's working directory (default: the study file's folder)
+    env: dict[str, str] | None = None  # set in a command's environment, over the tuner's own
+    timeout: Duration | None = None    # a command's limit per trial, e.g. "30m"
+    grace: Duration = "10s"            # how long a command stopped by the pruner may take to exit
 
     @model_validator(mode="after")
-    def _finite(self) -> WorkloadTable:
+    def _one_kind(self) -> WorkloadTable:
+        if self.target is None and self.command is None:
+            raise ValueError("target: required key is missing (or command = [...] to run a training script)")
+        if self.target is not None and self.command is not None:
+            raise ValueError("give target (a callable) or command (a script), not both")
+        if self.target is not None:
+            extra = [key for key in COMMAND_KEYS if key in self.model_fields_set]
+            if extra:
+                raise ValueError(f"{extra[0]}: only for a command workload (this one has a target)")
+        if self.command is not None and not self.command[0].strip():
+            raise ValueError("command[0]: the program to run must not be blank")
         # the spec is stored in the study as JSON, where nan and inf cannot go (they became None)
         for key, value in (self.model_extra or {}).items():
             if _not_finite(value):
@@ -118,7 +156,9 @@ class StudySpec(_Table):
 
     def to_stored(self) -> dict[str, Any]:
         """Plain JSON for the study's user attributes (the spec travels with the study)."""
-        return self.model_dump(mode="json")
+        stored = self.model_dump(mode="json")
+        stored["workload"] = self.workload.model_dump(mode="json", exclude_unset=True)  # the keys given
+        return stored
 
     def with_overrides(self, *, name: str | None = None, n_trials: int | None = None) -> StudySpec:
         study = self.study.model_dump()
@@ -223,4 +263,5 @@ def _known_keys(loc: tuple[Any, ...]) -> str:
 
 def _show(workload: WorkloadTable) -> str:
     options = ", ".join(f"{k}={v!r}" for k, v in sorted(workload.options.items()))
-    return f"'{workload.target}'" + (f" ({options})" if options else "")
+    what = workload.target if workload.target is not None else " ".join(workload.command)
+    return f"'{what}'" + (f" ({options})" if options else "")

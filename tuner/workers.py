@@ -22,6 +22,7 @@ from tuner.errors import Stopped
 from tuner.storage import STORAGE_ENV
 
 WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"  # 1…K: gives each local worker its own random stream
+STUDY_DIR_ENV = "TUNER_STUDY_DIR"  # the study file's folder: where a local worker runs a command workload
 
 POLL_SECONDS = 0.5
 STOP_SECONDS = 30  # how long stopped workers may take to record their trial as failed before a SIGKILL
@@ -43,6 +44,8 @@ def worker_env(index: int, workers: int, storage: str, import_dirs: list[Path]) 
     env = dict(os.environ)
     env[STORAGE_ENV] = storage
     env[WORKER_INDEX_ENV] = str(index + 1)
+    if import_dirs:
+        env[STUDY_DIR_ENV] = str(import_dirs[0].resolve())
     env["PYTHONPATH"] = os.pathsep.join([*(str(d.resolve()) for d in import_dirs),
                                          *filter(None, [env.get("PYTHONPATH")])])
     devices = cuda_devices()

@@ -73,6 +73,11 @@ class Run:
             if self._trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after {step} samples")
 
+    @property
+    def trial(self) -> optuna.Trial | None:
+        """The Optuna trial this run reports to; None outside a study."""
+        return self._trial
+
     def __repr__(self) -> str:
         return f"Run(lr={self.lr:.4g}, batch_size={self.batch_size}, seed={self.seed})"
 
@@ -87,7 +92,8 @@ class Workload:
 
 
 def load_workload(spec: StudySpec, spec_dir: str | Path | None = None) -> Workload:
-    """Import the spec's target and validate its options; raises InputError on any problem.
+    """Import the spec's target and validate its options, or check its command (``tuner.command``:
+    the script runs in ``spec_dir`` unless ``cwd`` says otherwise); raises InputError on any problem.
 
     The spec file's folder and the working directory are importable, so a ``train.py`` beside
     the study file is found as ``target = "train:main"``.
@@ -97,6 +103,11 @@ def load_workload(spec: StudySpec, spec_dir: str | Path | None = None) -> Worklo
     for folder in (Path.cwd(), Path(spec_dir) if spec_dir else None):
         if folder is not None and str(folder.resolve()) not in sys.path:
             sys.path.insert(0, str(folder.resolve()))
+    if spec.workload.command is not None:
+        from tuner.command import Command
+
+        return Workload(target=" ".join(spec.workload.command), train=Command(spec.workload, spec_dir),
+                        options=MappingProxyType(spec.workload.options))
     target, options = spec.workload.target, spec.workload.options
     module, train = _import_target(target, BUILTIN.get(target, target))
     if target in BUILTIN:  # built-ins declare their options, so a misspelt option is caught here
