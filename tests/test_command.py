@@ -13,11 +13,10 @@ import optuna
 import pytest
 from conftest import spec_dict, toml_text, tuner
 
-from tuner.command import LOG_ATTR
 from tuner.errors import InputError
 from tuner.runner import run
 from tuner.spec import parse_spec
-from tuner.trials import ERROR, OUT_OF_MEMORY, OUTCOME, Outcome
+from tuner.trials import ERROR, LOG, OUT_OF_MEMORY, OUTCOME, Outcome
 from tuner.workload import Run, load_workload, run_trial
 
 PYTHON = sys.executable
@@ -101,11 +100,11 @@ def test_a_script_reporting_either_way_stores_the_same_trials_as_the_callable(tm
             assert mine.user_attrs[OUTCOME] == theirs.user_attrs[OUTCOME]
             assert mine.value == theirs.value
             assert mine.intermediate_values == theirs.intermediate_values
-            log = Path(mine.user_attrs[LOG_ATTR])
+            log = Path(mine.user_attrs[LOG])
             assert log.is_file() and log.parent.name == "test"
-    client_log = Path(by_client[0].user_attrs[LOG_ATTR]).read_text()
+    client_log = Path(by_client[0].user_attrs[LOG]).read_text()
     assert "epoch done" in client_log  # standard error goes to the trial's log too
-    assert "progress bar" in Path(by_lines[0].user_attrs[LOG_ATTR]).read_text()
+    assert "progress bar" in Path(by_lines[0].user_attrs[LOG]).read_text()
 
 
 # --- one trial at a time, against a real study -------------------------------------------------------------
@@ -251,6 +250,7 @@ BAD = {
     "empty command": ({"command": []}, "[workload] command"),
     "blank program": ({"command": [" "]}, "must not be blank"),
     "missing program": ({"command": ["no-such-program-xyz", "{lr}"]}, "program 'no-such-program-xyz' not found"),
+    "placeholder as the program": ({"command": ["{lr}"]}, "no placeholder but {python}"),
     "missing script path": ({"command": ["./train.sh"]}, "program './train.sh' not found"),
     "missing folder": ({"command": [PYTHON], "cwd": "nowhere"}, "[workload] cwd: no such folder"),
     "bad timeout": ({"command": [PYTHON], "timeout": "30 minutes"}, "[workload] timeout"),
@@ -283,7 +283,7 @@ def test_a_command_workload_runs_in_local_workers_from_the_study_files_folder(tm
     trials = optuna.load_study(study_name="test", storage=_journal(tmp_path / "j.journal")).trials
     finished = [t for t in trials if t.state.is_finished()]
     assert len(finished) >= 10 and all(t.user_attrs[OUTCOME] != Outcome.FAILED for t in finished)
-    assert {Path(t.user_attrs[LOG_ATTR]).parent.parent.parent for t in finished} == {folder}
+    assert {Path(t.user_attrs[LOG]).parent.parent.parent for t in finished} == {folder}
 
 
 def test_a_command_workload_table_is_stored_with_the_keys_given(tmp_path):
@@ -292,3 +292,15 @@ def test_a_command_workload_table_is_stored_with_the_keys_given(tmp_path):
     with pytest.raises(InputError, match="target: required key is missing"):
         parse_spec({**spec_dict(), "workload": {"epochs": 3}})
     assert json.dumps(spec.to_stored())
+
+
+def test_the_example_script_runs_as_a_study(tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("train_script.py", "script-study.toml"):
+        (tmp_path / name).write_text((examples / name).read_text())
+    done = tuner("run", "script-study.toml", "--n-trials", "3", "--no-fit", "--storage", "s.journal", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="digits-script", storage=_journal(tmp_path / "s.journal")).trials
+    assert len(trials) == 3 and all(t.user_attrs[OUTCOME] == Outcome.COMPLETE for t in trials)
+    assert all(len(t.intermediate_values) == 4 for t in trials)  # one report per epoch
+    assert "validation loss" in Path(trials[0].user_attrs[LOG]).read_text()

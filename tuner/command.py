@@ -2,7 +2,7 @@
 
     [workload]
     command = ["python", "train.py", "--lr", "{lr}", "--batch-size", "{batch_size}", "--seed", "{seed}"]
-    epochs = 10        # any other key fills the {placeholder} of its name
+    epochs = 10        # any other key fills the {placeholder} of its name; {python} is the tuner's interpreter
     timeout = "30m"    # per trial (optional)
 
 The script reports through ``tuner.client`` (a local socket whose descriptor it inherits) or with
@@ -24,6 +24,7 @@ import signal
 import socket
 import string
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -35,9 +36,9 @@ import optuna
 from tuner.client import SOCKET_ENV
 from tuner.errors import InputError
 from tuner.spec import WorkloadTable, seconds
+from tuner.trials import LOG
 
-PLACEHOLDERS = ("lr", "batch_size", "seed", "trial")  # besides the workload's own option keys
-LOG_ATTR = "log"  # trial user attribute: the path of the script's output on the worker's machine
+PLACEHOLDERS = ("lr", "batch_size", "seed", "trial", "python")  # besides the workload's own option keys
 LOGS = "tuner-logs"  # per-trial logs go to <cwd>/tuner-logs/<study>/trial-<number>.log
 TAIL_LINES = 20  # the end of standard error a failed trial keeps
 # a process stopped by a signal nobody here sent, or with one of these in its last words, ran out of memory
@@ -83,7 +84,10 @@ class Command:
                                      f"{', '.join(sorted(known))}; a [workload] key fills the placeholder of its name)")
         if not self.cwd.is_dir():
             raise InputError(f"[workload] cwd: no such folder {self.cwd}")
-        program = self.argv[0]
+        program = self.argv[0].replace("{python}", sys.executable)
+        if "{" in program:
+            raise InputError("[workload] command[0]: the program may hold no placeholder but {python} (the "
+                             "tuner's own interpreter)")
         path = {**os.environ, **self.env}.get("PATH")
         found = (self.cwd / program) if os.sep in program else shutil.which(program, path=path)
         if found is None or not Path(found).is_file() or not os.access(found, os.X_OK):
@@ -92,11 +96,11 @@ class Command:
 
     def __call__(self, run) -> float:
         values = {**self.options, "lr": run.lr, "batch_size": run.batch_size, "seed": run.seed,
-                  "trial": run.trial.number if run.trial is not None else 0}
+                  "trial": run.trial.number if run.trial is not None else 0, "python": sys.executable}
         argv = [arg.format(**values) for arg in self.argv]
         log = self._log_path(run)
         if run.trial is not None:
-            run.trial.set_user_attr(LOG_ATTR, str(log))
+            run.trial.set_user_attr(LOG, str(log))
         with _Process(argv, self.cwd, self.env, log) as process:
             return process.follow(run, self.timeout, self.timeout_text, self.grace)
 

@@ -17,6 +17,8 @@ own; user attributes say what happened in terms a person reads in optuna-dashboa
   held-out batch size, run with its planned ``seed``). Such trials are held out of everything
   the search and the fit read (``by_batch_size`` leaves them out) and never count toward
   ``n_trials``.
+* ``log``: on a command workload's trial (``tuner.command``), the path of the script's output (both
+  streams) on the machine that ran it.
 
 On a journal file (no heartbeats), the system attribute ``tuner:worker`` holds ``host:pid`` of the
 process running the trial: ``tuner.recovery`` retries the trials of processes that are gone, and
@@ -50,6 +52,7 @@ RETRY_OF = "retry_of"  # a retried trial: the number of the trial whose worker d
 OUT_OF_MEMORY = "out_of_memory"  # a failed trial that ran out of memory: its batch size is infeasible
 PURPOSE = "purpose"  # "verify" on a trial `tuner verify` queued
 VERIFY = "verify"
+LOG = "log"  # a command workload's trial: the path of the script's output on its worker's machine
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a run whose worker died is re-run at most this many times
