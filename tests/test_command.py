@@ -304,3 +304,18 @@ def test_the_example_script_runs_as_a_study(tmp_path):
     assert len(trials) == 3 and all(t.user_attrs[OUTCOME] == Outcome.COMPLETE for t in trials)
     assert all(len(t.intermediate_values) == 4 for t in trials)  # one report per epoch
     assert "validation loss" in Path(trials[0].user_attrs[LOG]).read_text()
+
+
+def test_tuner_verify_trains_a_command_workload_too(tmp_path):
+    (tmp_path / "curve.py").write_text(CURVE)
+    (tmp_path / "script.py").write_text(JSON_SCRIPT)
+    spec = spec_dict(study={"n_trials": 30, "seed": 1}, search={"lr": [1e-4, 1.0], "batch_sizes": [16, 64, 256]})
+    spec["workload"] = {"command": COMMAND}
+    (tmp_path / "study.toml").write_text(toml_text(spec))
+    assert tuner("run", "study.toml", "--storage", "s.journal", cwd=tmp_path).returncode == 0
+    done = tuner("verify", "test", "--storage", "s.journal", "--batch-sizes", "32", "--seeds", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="test", storage=_journal(tmp_path / "s.journal")).trials
+    verified = [t for t in trials if t.user_attrs.get("purpose") == "verify"]
+    assert verified and all(t.params["batch_size"] == 32 and LOG in t.user_attrs for t in verified)
+    assert all(t.user_attrs[OUTCOME] in (Outcome.COMPLETE, Outcome.DIVERGED) for t in verified)
