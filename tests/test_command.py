@@ -319,3 +319,38 @@ def test_tuner_verify_trains_a_command_workload_too(tmp_path):
     verified = [t for t in trials if t.user_attrs.get("purpose") == "verify"]
     assert verified and all(t.params["batch_size"] == 32 and LOG in t.user_attrs for t in verified)
     assert all(t.user_attrs[OUTCOME] in (Outcome.COMPLETE, Outcome.DIVERGED) for t in verified)
+
+
+def test_a_killed_worker_leaves_no_script_running_and_the_rerun_retries_its_trial(tmp_path):
+    (tmp_path / "script.py").write_text(textwrap.dedent('''
+        import os, sys, time
+        from tuner import client
+        open(f"pid-{os.getpid()}", "w").close()
+        for k in range(1, 41):
+            time.sleep(0.25)
+            client.report(k * 100, 1.0 + float(sys.argv[1]))
+        client.result(1.0 + float(sys.argv[1]))
+    '''))
+    spec = spec_dict(study={"n_trials": 2})
+    spec["workload"] = {"command": [PYTHON, "script.py", "{lr}"]}
+    (tmp_path / "study.toml").write_text(toml_text(spec))
+    command = [str(Path(sys.executable).parent / "tuner"), "run", "study.toml", "--storage", "s.journal", "--no-fit"]
+    worker = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("pid-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.kill()
+    worker.wait()
+    script = int(next(tmp_path.glob("pid-*")).name.removeprefix("pid-"))
+    end = time.monotonic() + 5  # its next report finds the tuner gone
+    while not _gone(script) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _gone(script), "the script of a killed worker kept running"
+    done = tuner("run", "study.toml", "--storage", "s.journal", "--no-fit", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="test", storage=_journal(tmp_path / "s.journal")).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].params == trials[0].params
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE
