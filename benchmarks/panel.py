@@ -294,8 +294,25 @@ def section(rows: list[dict], command: str) -> Section:
                       f"{s.samples / baseline.samples:.2f}" if baseline else "-"])
     result.table("Regret in % of the metric at the truth's optimum (lower is better)", header, table)
     result.goals += _goals(summaries)
+    result.notes += _resolutions(summaries)
     result.notes.append(f"Produced by `{command}`.")
     return result
+
+
+def _resolutions(summaries: list[Summary]) -> list[str]:
+    """What each grid truth can resolve (``GridTruth.resolution``), once per grid."""
+    from benchmarks.panel_workloads import GridTruth, load_grid, panel
+
+    truths = {w.truth for w in panel() if w.name in {s.workload for s in summaries} and isinstance(w.truth, GridTruth)}
+    notes = []
+    for truth in sorted(truths, key=lambda t: (t.name, t.metric)):
+        median, high = truth.resolution()
+        seeds = len(load_grid(truth.name)["seeds"])
+        notes.append(f"The truth `{truth.name}` ({truth.metric}, {seeds} seeds) resolves regret to: its best learning "
+                     f"rate from half its seeds, priced by the other half, costs {pct(median)} (median) and "
+                     f"{pct(high)} (95th percentile over splits and batch sizes); regrets below that are the "
+                     "truth's own seed noise.")
+    return notes
 
 
 def _goals(summaries: list[Summary]) -> list[Goal]:

@@ -117,6 +117,21 @@ class GridTruth:
         here = self.mean_at(batch_size, lr)
         return (best - here) / best if self.maximize else here / best - 1.0
 
+    def resolution(self, splits: int = 400) -> tuple[float, float]:
+        """How finely the grid itself can judge regret: the grid's best learning rate from half its
+        seeds, priced by the other half; (median, 95th percentile) over random splits and batch sizes. A
+        regret target below it cannot be told apart from the truth's own seed noise."""
+        grid, rng, regrets = load_grid(self.name), np.random.default_rng(0), []
+        sign = -1.0 if self.maximize else 1.0
+        for runs in grid["runs"].values():
+            values = sign * np.array([[grid["untrained"][self.metric] if r["diverged"] else r[self.metric]
+                                       for r in per_seed] for per_seed in runs])  # (lr, seed), lower is better
+            for _ in range(splits):
+                half = rng.permutation(values.shape[1])
+                chosen, judge = values[:, half[: len(half) // 2]], values[:, half[len(half) // 2:]].mean(axis=1)
+                regrets.append((judge[np.argmin(chosen.mean(axis=1))] - judge.min()) / abs(judge.min()))
+        return float(np.median(regrets)), float(np.percentile(regrets, 95))
+
 
 @lru_cache(maxsize=16)
 def _grid_curves(name: str, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
