@@ -91,7 +91,7 @@ def study_file(folder: Path, name: str, workload: str, n_trials: int) -> Path:
 
 
 def per_trial(folder: Path, kind: str, iterations: int, n_trials: int, round_: int) -> float:
-    name = f"{kind.replace(' ', '-')}-{round_}"
+    name = f"{kind.replace(' ', '-')}-{iterations}-{round_}"
     if kind == "callable":
         workload = f'target = "training:train"\niterations = {iterations}'
     else:
@@ -121,6 +121,7 @@ def main() -> None:
         (folder / "client_script.py").write_text(CLIENT)
         (folder / "lines_script.py").write_text(LINES)
         sys.path.insert(0, str(folder))
+        per_trial(folder, "callable", 1000, 4, -1)  # warm up: the first run imports the search and the storage
         for seconds in (float(s) for s in args.seconds.split(",")):
             iterations, n_trials = calibrate(seconds), max(2, int(round(20 / seconds)))
             times: dict[str, list[float]] = {"callable": [], "client": [], "JSON lines": []}

@@ -247,6 +247,7 @@ print(json.dumps({"tuner_result": float(sys.argv[2]) * int(sys.argv[3])}))
 
 BAD = {
     "unknown placeholder": ({"command": [PYTHON, "x.py", "{learning_rate}"]}, "unknown placeholder {learning_rate}"),
+    "bad format": ({"command": [PYTHON, "{lr:d}"]}, "command[1] '{lr:d}': cannot fill it in"),
     "empty command": ({"command": []}, "[workload] command"),
     "blank program": ({"command": [" "]}, "must not be blank"),
     "missing program": ({"command": ["no-such-program-xyz", "{lr}"]}, "program 'no-such-program-xyz' not found"),

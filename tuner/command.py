@@ -22,7 +22,6 @@ import queue
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ from tuner.errors import InputError
 from tuner.spec import WorkloadTable, seconds
 from tuner.trials import LOG
 
-PLACEHOLDERS = ("lr", "batch_size", "seed", "trial", "python")  # besides the workload's own option keys
+PLACEHOLDERS = ("lr", "batch_size", "seed", "trial", "python")  # besides the workload's own keys
 LOGS = "tuner-logs"  # per-trial logs go to <cwd>/tuner-logs/<study>/trial-<number>.log
 TAIL_LINES = 20  # the end of standard error a failed trial keeps
 # a process stopped by a signal nobody here sent, or with one of these in its last words, ran out of memory
@@ -73,15 +72,17 @@ class Command:
     def _check(self) -> None:
         """Bad input before anything is written: an unknown placeholder, a missing folder or program."""
         known = {*PLACEHOLDERS, *self.options}
+        example = self._values(lr=0.01, batch_size=32, seed=0, trial=0)
         for i, arg in enumerate(self.argv):
             try:
-                fields = [name for _, name, _, _ in string.Formatter().parse(arg) if name is not None]
-            except ValueError as e:
-                raise InputError(f"[workload] command[{i}] {arg!r}: {e} (write {{{{ and }}}} for braces)") from None
-            for name in fields:
-                if name.split(".")[0].split("[")[0] not in known:
-                    raise InputError(f"[workload] command[{i}]: unknown placeholder {{{name}}} (known: "
-                                     f"{', '.join(sorted(known))}; a [workload] key fills the placeholder of its name)")
+                arg.format(**example)
+            except KeyError as e:
+                raise InputError(f"[workload] command[{i}]: unknown placeholder {{{e.args[0]}}} (known: "
+                                 f"{', '.join(sorted(known))}; a [workload] key fills the placeholder of its "
+                                 "name)") from None
+            except (ValueError, IndexError, TypeError, AttributeError) as e:
+                raise InputError(f"[workload] command[{i}] {arg!r}: cannot fill it in: {e} (write {{{{ and }}}} for "
+                                 "a literal brace)") from None
         if not self.cwd.is_dir():
             raise InputError(f"[workload] cwd: no such folder {self.cwd}")
         program = self.argv[0].replace("{python}", sys.executable)
@@ -94,9 +95,12 @@ class Command:
             where = f"in {self.cwd}" if os.sep in program else "on PATH"
             raise InputError(f"[workload] command: program {program!r} not found {where} (or not executable)")
 
+    def _values(self, **trial) -> dict[str, Any]:
+        return {**self.options, **trial, "python": sys.executable}
+
     def __call__(self, run) -> float:
-        values = {**self.options, "lr": run.lr, "batch_size": run.batch_size, "seed": run.seed,
-                  "trial": run.trial.number if run.trial is not None else 0, "python": sys.executable}
+        values = self._values(lr=run.lr, batch_size=run.batch_size, seed=run.seed,
+                              trial=run.trial.number if run.trial is not None else 0)
         argv = [arg.format(**values) for arg in self.argv]
         log = self._log_path(run)
         if run.trial is not None:
