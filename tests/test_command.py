@@ -287,6 +287,15 @@ def test_a_command_workload_runs_in_local_workers_from_the_study_files_folder(tm
     assert {Path(t.user_attrs[LOG]).parent.parent.parent for t in finished} == {folder}
 
 
+def test_a_study_resumes_with_a_longer_timeout_but_not_with_another_command():
+    first = parse_spec({**spec_dict(), "workload": {"command": [PYTHON, "{lr}"], "timeout": "30m"}})
+    longer = parse_spec({**spec_dict(), "workload": {"command": [PYTHON, "{lr}"], "timeout": "2h", "grace": "1m"}})
+    longer.check_continues(first)
+    other = parse_spec({**spec_dict(), "workload": {"command": [PYTHON, "{lr}", "--fast"], "timeout": "30m"}})
+    with pytest.raises(InputError, match="was run with workload"):
+        other.check_continues(first)
+
+
 def test_a_command_workload_table_is_stored_with_the_keys_given(tmp_path):
     spec = parse_spec({**spec_dict(), "workload": {"command": [PYTHON, "{lr}"], "timeout": "30m"}})
     assert spec.to_stored()["workload"] == {"command": [PYTHON, "{lr}"], "timeout": "30m"}

@@ -138,6 +138,12 @@ class WorkloadTable(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    def trains_like(self, other: WorkloadTable) -> bool:
+        """The same training: everything but how long a command may take (a resumed study may
+        lengthen a timeout)."""
+        limits = {"timeout", "grace"}
+        return self.model_dump(exclude=limits) == other.model_dump(exclude=limits)
+
 
 def _not_finite(value: Any) -> bool:
     if isinstance(value, float):
@@ -175,7 +181,7 @@ class StudySpec(_Table):
         LR range), so every finished trial stays inside the search space.
         """
         name = self.study.name
-        if self.workload != stored.workload:
+        if not self.workload.trains_like(stored.workload):
             raise InputError(
                 f"study '{name}' was run with workload {_show(stored.workload)}, this spec has "
                 f"{_show(self.workload)}; use a new study name (--study-name) for a different workload"
