@@ -142,6 +142,10 @@ def test_a_dataset_trains_exactly_as_the_same_tensors_do():
     ({"epochs": 2, "steps": 100}, "option steps: give epochs or steps, not both"),
     ({"momentum": 0.5}, "option momentum: used only by optimizer 'momentum', got 0.5"),
     ({"device": "gpu"}, "option device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ({"schedule": "step"}, "option schedule: input should be 'constant', 'cosine' or 'linear', got 'step'"),
+    ({"warmup": 1.5}, "option warmup: expected a share of the run below 1 \\(e.g. 0.05\\) or a number of training"),
+    ({"min_lr_ratio": 2.0}, "option min_lr_ratio: input should be less than or equal to 1, got 2.0"),
+    ({"eps": 1e-6}, "option eps: used only by optimizers 'adam' and 'adamw', got 1e-06"),
 ])
 def test_bad_trainer_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=f"^train_torch {message}"):
@@ -161,6 +165,8 @@ def test_run_options_are_checked_and_other_keys_left_to_the_workload():
     ({"epochs": "5"}, r"\[workload\] epochs: input should be a valid integer, got '5'"),
     ({"epochs": 5, "steps": 100}, r"\[workload\] steps: give epochs or steps, not both"),
     ({"train_size": 1797}, r"\[workload\] train_size: input should be less than 1797"),
+    ({"warmup": -1}, r"\[workload\] warmup: expected a share of the run below 1"),
+    ({"clip": 0.0}, r"\[workload\] clip: input should be greater than 0"),
 ])
 def test_bad_digits_options_are_input_errors(options, message):
     spec = parse_spec({"study": {"name": "s", "n_trials": 1}, "search": {"lr": [0.01, 1.0], "batch_sizes": [8]},
@@ -239,3 +245,70 @@ def test_a_study_file_whose_metric_disagrees_with_its_direction_is_bad_input(wri
     done = tuner("run", str(path), "--storage", str(tmp_path / "s.journal"), cwd=tmp_path)
     assert done.returncode == 2 and "set direction = 'maximize'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.journal").exists()
+
+
+# --- schedules: the learning rate the optimizer used at each step, against the closed form -------------------
+
+class _Probe(nn.Module):
+    """One weight w, output x·w, trained on x = 1 with loss mean(output): every gradient is 1, so
+    plain SGD moves w by exactly the learning rate of that step. Records w before each training step."""
+
+    def __init__(self, seen: list[float]):
+        super().__init__()
+        self.w, self.seen = nn.Parameter(torch.zeros(1, dtype=torch.float64)), seen
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.seen.append(float(self.w.detach()))
+        return x * self.w
+
+
+def _lrs_used(batch_size: int, **options) -> list[float]:
+    seen: list[float] = []
+    data = (torch.ones(256, 1, dtype=torch.float64), torch.zeros(256, 1, dtype=torch.float64))
+    train_torch(Run(lr=0.1, batch_size=batch_size, options={"epochs": 2, "evals": 1, **options}),
+                lambda: _Probe(seen), data, data, loss=lambda out, target: out.mean())
+    return [before - after for before, after in zip(seen, seen[1:])]  # every step but the last
+
+
+def _closed_form(step: int, steps: int, warm: int, schedule: str, ratio: float, lr: float = 0.1) -> float:
+    if step <= warm:
+        return lr * step / warm
+    k, decay = step - warm - 1, steps - warm - 1
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        return lr * (1 + (ratio - 1) * k / decay)
+    return ratio * lr + (1 - ratio) * lr * (1 + math.cos(math.pi * k / decay)) / 2
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+@pytest.mark.parametrize("warmup", [0.25, 128], ids=["warm-up a quarter of the run", "warm-up over 128 samples"])
+def test_the_learning_rate_used_at_every_step_follows_the_schedule(schedule, warmup):
+    for batch_size in (8, 32):  # the same budget, 512 samples: 64 and 16 steps
+        steps = 512 // batch_size
+        warm = round(warmup * steps) if isinstance(warmup, float) else 128 // batch_size
+        used = _lrs_used(batch_size, schedule=schedule, warmup=warmup, min_lr_ratio=0.1)
+        expected = [_closed_form(s, steps, warm, schedule, 0.1) for s in range(1, steps)]
+        assert used == pytest.approx(expected, rel=1e-9, abs=1e-12), (batch_size, schedule)
+        assert max(used) == pytest.approx(0.1)  # the tuned lr is the peak
+
+
+def test_without_a_schedule_every_step_uses_the_tuned_lr():
+    assert _lrs_used(16) == pytest.approx([0.1] * 31)
+
+
+def test_clipping_bounds_each_step_and_adam_options_reach_the_optimizer():
+    seen: list[float] = []
+    data = (torch.full((64, 1), 1000.0, dtype=torch.float64), torch.zeros(64, 1, dtype=torch.float64))
+    run = Run(lr=0.1, batch_size=8, options={"steps": 5, "evals": 1, "clip": 0.5})
+    train_torch(run, lambda: _Probe(seen), data, data, loss=lambda out, target: out.mean())
+    assert [a - b for a, b in zip(seen, seen[1:])] == pytest.approx([0.05] * 4)  # gradient 1000, clipped to 0.5
+    with pytest.raises(ValueError, match="betas: used only by optimizers 'adam' and 'adamw'"):
+        train_torch(Run(lr=0.1, batch_size=8, options={"betas": [0.9, 0.95]}), lambda: _Probe([]), data, data)
+    seen.clear()
+    run = Run(lr=0.1, batch_size=8, options={"steps": 3, "evals": 1, "optimizer": "adam", "betas": [0.0, 0.5],
+                                              "eps": 1.0})
+    train_torch(run, lambda: _Probe(seen), data, data, loss=lambda out, target: out.mean())
+    # beta1 = 0: Adam's step is lr·g/(sqrt(v̂)+eps) with v̂ = g² = 1e6 after bias correction: 0.1·1000/1001
+    assert seen[0] - seen[1] == pytest.approx(0.1 * 1000 / 1001)

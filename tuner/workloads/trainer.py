@@ -2,8 +2,9 @@
 
 ``train_torch`` is the whole trainer: seed, build the model, then for every step a batch of exactly
 ``run.batch_size`` samples (drawn from a fresh permutation each epoch, so that every batch size
-sees the same number of samples; samples seen = steps x batch size), forward, backward, step;
-at ``evals`` points spread evenly over the run it reports the mean validation loss,
+sees the same number of samples; samples seen = steps x batch size), forward, backward, (clip,)
+step, and a step of the learning-rate schedule (``schedule``, ``warmup``: torch's schedulers); at
+``evals`` points spread evenly over the run it reports the mean validation loss,
 ``run.report(samples_seen, loss)``, and it returns the last one. Data lives in memory on the
 device and is indexed per batch: no DataLoader, no per-step sync.
 
@@ -84,6 +85,20 @@ class TrainerOptions(BaseModel):
     metric: Literal["loss", "accuracy"] = Field(
         "loss", description="what is reported and returned: the validation loss (minimize) or the "
                             "classification accuracy (maximize); the study's direction must agree")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="the learning rate after warm-up: constant, or decayed to min_lr_ratio x lr "
+                                "along a cosine or a straight line by the last step; the tuned lr is the peak")
+    warmup: float | int = Field(
+        0, description="steps rising linearly from lr/steps to lr: a share of the budget (a float below 1) "
+                       "or a number of training samples (an integer), the same data at every batch size")
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        0.0, description="where a decaying schedule ends, as a share of the peak lr")
+    clip: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="clip the gradient's global norm to this (default: no clipping)")
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="Adam's (beta1, beta2) (default torch's: 0.9, 0.999)")
+    eps: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="Adam's epsilon (default torch's: 1e-8)")
 
     # Field validators run only on values given, not on defaults: these catch contradictions.
     @field_validator("momentum")
@@ -92,6 +107,21 @@ class TrainerOptions(BaseModel):
         if momentum is not None and info.data.get("optimizer") != "momentum":
             raise PydanticCustomError("unused", "used only by optimizer 'momentum'")
         return momentum
+
+    @field_validator("warmup")
+    @classmethod
+    def _share_or_samples(cls, warmup: float | int) -> float | int:
+        if (isinstance(warmup, float) and not 0 <= warmup < 1) or (isinstance(warmup, int) and warmup < 0):
+            raise PydanticCustomError("warmup", "expected a share of the run below 1 (e.g. 0.05) or a number of "
+                                                "training samples (e.g. 4096)")
+        return warmup
+
+    @field_validator("betas", "eps")
+    @classmethod
+    def _adam_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("optimizer") not in ("adam", "adamw"):
+            raise PydanticCustomError("unused", "used only by optimizers 'adam' and 'adamw'")
+        return value
 
     @field_validator("steps")
     @classmethod
@@ -146,6 +176,7 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
     torch.manual_seed(run.seed)
     net = _build(model).to(device)
     optimizer = _optimizer(o, net, run.lr)
+    schedule = _schedule(o, optimizer, steps, run.batch_size)
     shuffle = torch.Generator(device=device).manual_seed(run.seed)
     functions = (loss,) if measure is loss else (loss, measure)  # the loss once, when it is the metric
     initial_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
@@ -155,7 +186,10 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
         batch_loss = loss(net(inputs[batch]), targets[batch])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
+        if o.clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), o.clip)
         optimizer.step()
+        schedule.step()
         if step in eval_steps:  # the only points that wait for the device
             valid_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
             _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
@@ -273,7 +307,37 @@ def _optimizer(o: TrainerOptions, net: nn.Module, lr: float) -> torch.optim.Opti
         momentum = DEFAULT_MOMENTUM if o.momentum is None else o.momentum
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
     adam = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-    return adam(params, lr=lr, weight_decay=decay)
+    tuning = {"betas": tuple(o.betas)} if o.betas is not None else {}
+    tuning |= {"eps": o.eps} if o.eps is not None else {}
+    return adam(params, lr=lr, weight_decay=decay, **tuning)
+
+
+def warmup_steps(o: TrainerOptions, steps: int, batch_size: int) -> int:
+    """Warm-up in optimizer steps: a share of the run's steps, or the steps that see ``warmup`` samples
+    at this batch size (so that every batch size warms up over the same data)."""
+    if isinstance(o.warmup, float):
+        return min(steps, round(o.warmup * steps))
+    return min(steps, math.ceil(o.warmup / batch_size))
+
+
+def _schedule(o: TrainerOptions, optimizer: torch.optim.Optimizer, steps: int,
+              batch_size: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers, chained: step k (1-based) of a warm-up of W steps trains at lr·k/W; the
+    decay then goes from lr at the step after warm-up to min_lr_ratio·lr at the last step."""
+    from torch.optim import lr_scheduler
+
+    warm = warmup_steps(o, steps, batch_size)
+    warm = warm if warm >= 2 else 0  # one warm-up step at the full lr is no warm-up
+    decay = max(steps - warm - 1, 1)
+    after = {"constant": lambda: lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0),
+             "cosine": lambda: lr_scheduler.CosineAnnealingLR(
+                 optimizer, T_max=decay, eta_min=o.min_lr_ratio * optimizer.defaults["lr"]),
+             "linear": lambda: lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=o.min_lr_ratio,
+                                                     total_iters=decay)}[o.schedule]
+    if not warm:
+        return after()
+    rise = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm - 1)
+    return lr_scheduler.SequentialLR(optimizer, [rise, after()], milestones=[warm])
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
