@@ -312,3 +312,34 @@ def test_clipping_bounds_each_step_and_adam_options_reach_the_optimizer():
     train_torch(run, lambda: _Probe(seen), data, data, loss=lambda out, target: out.mean())
     # beta1 = 0: Adam's step is lr·g/(sqrt(v̂)+eps) with v̂ = g² = 1e6 after bias correction: 0.1·1000/1001
     assert seen[0] - seen[1] == pytest.approx(0.1 * 1000 / 1001)
+
+
+# --- charlm: the built-in transformer workload -----------------------------------------------------------------
+
+def test_charlm_learns_characters_and_reports_against_the_untrained_model():
+    from tuner.workloads import charlm
+
+    run = Run(lr=1e-2, batch_size=16, options={"sequences": 256, "epochs": 1, "context": 32, "evals": 2})
+    final = charlm.train(run)
+    untrained = run.reports[0][1]
+    vocabulary = charlm.load_data(32, 256, 256, 0)[2]
+    assert untrained == pytest.approx(math.log(vocabulary), rel=0.1)  # an untrained model guesses evenly
+    assert final < 0.75 * untrained  # it learned which characters follow which
+    assert run.reports[-1][0] == 256  # samples seen: one epoch of 256 sequences
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"width": 66, "heads": 4}, r"\[workload\] width 66 must be a multiple of heads 4"),
+    ({"metric": "accuracy"}, r"\[workload\] metric: input should be 'loss'"),
+])
+def test_bad_charlm_options_are_input_errors(options, message):
+    spec = parse_spec({"study": {"name": "s", "n_trials": 1}, "search": {"lr": [1e-3, 0.1], "batch_sizes": [8]},
+                       "workload": {"target": "charlm", **options}})
+    with pytest.raises(InputError, match=message):
+        load_workload(spec)
+
+
+def test_the_shipped_charlm_study_file_loads():
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "charlm-adamw.toml")
+    workload = load_workload(spec)
+    assert workload.options["schedule"] == "cosine" and workload.options["optimizer"] == "adamw"

@@ -7,4 +7,5 @@ Modules are imported only when a study uses them, so ``tuner --help`` never impo
 BUILTIN = {
     "quadratic": "tuner.workloads.quadratic:train",
     "digits-mlp": "tuner.workloads.digits:train",
+    "charlm": "tuner.workloads.charlm:train",
 }
