@@ -166,6 +166,20 @@ def test_recommendation_prefers_the_simpler_rule_when_the_data_cannot_tell():
     assert recommend(rules(linear=10.0, sqrt=9.5, power=20.0, saturating=8.0)) == "sqrt"
 
 
+def test_a_rule_recommended_outside_the_exponents_interval_says_why():
+    from tuner.fit._rules import N_PARAMS, Rule
+    from tuner.fit._verdict import _exponent
+
+    power = Rule(name="power", n_params=N_PARAMS["power"], alpha=0.28, alpha_ci=(0.08, 0.45))
+    saturating = Rule(name="saturating", n_params=N_PARAMS["saturating"], b_noise_ci=(2.0, 20.0))
+    text = _exponent(power, saturating, "sqrt")  # what charlm-adamw's study measured
+    assert "neither linear (α=1) nor square-root (α=0.5)" in text
+    assert "The square-root rule is recommended all the same" in text
+    inside = Rule(name="power", n_params=N_PARAMS["power"], alpha=0.45, alpha_ci=(0.3, 0.6))
+    assert "all the same" not in _exponent(inside, saturating, "sqrt")
+    assert "all the same" not in _exponent(power, saturating, "power")
+
+
 def test_a_large_cost_rules_a_rule_out_even_where_its_noise_is_large():
     # the momentum MLP of the panel, one seed: the square-root rule cost 0.015 ± 0.008 at B=8 (52% of
     # the loss; it diverges there on the 8-seed grid). Discounted by its noise it looked free, and as

@@ -129,6 +129,11 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
     text = (f"The fitted exponent is α={alpha:.2f} ({alpha_interval(power)}): "
             + (f"consistent with {' and with '.join(agree)}." if agree
                else "neither linear (α=1) nor square-root (α=0.5) scaling."))
+    if recommended in FIXED_ALPHA and not low <= FIXED_ALPHA[recommended] <= high:
+        # recommend() picks the simplest rule that fits about as well and costs about as little:
+        # say so, or the verdict reads as recommending a rule its own interval rules out
+        text += (f" The {RULE_LABELS[recommended]} is recommended all the same: the rules that fit as well "
+                 "need more parameters, and following it costs about as little.")
     floor = saturating.b_noise_ci[0]
     if recommended == LINEAR and floor is not None:
         text += f" No saturation is seen: the critical batch size is above B≈{format_batch_size(floor)} (95%)."
