@@ -121,11 +121,10 @@ class GridTruth:
         """How finely the grid itself can judge regret: the grid's best learning rate from half its
         seeds, priced by the other half; (median, 95th percentile) over random splits and batch sizes. A
         regret target below it cannot be told apart from the truth's own seed noise."""
-        grid, rng, regrets = load_grid(self.name), np.random.default_rng(0), []
+        rng, regrets = np.random.default_rng(0), []
         sign = -1.0 if self.maximize else 1.0
-        for runs in grid["runs"].values():
-            values = sign * np.array([[grid["untrained"][self.metric] if r["diverged"] else r[self.metric]
-                                       for r in per_seed] for per_seed in runs])  # (lr, seed), lower is better
+        for runs in grid_values(self.name, self.metric).values():
+            values = sign * runs  # (lr, seed), lower is better
             for _ in range(splits):
                 half = rng.permutation(values.shape[1])
                 chosen, judge = values[:, half[: len(half) // 2]], values[:, half[len(half) // 2:]].mean(axis=1)
@@ -135,15 +134,18 @@ class GridTruth:
 
 @lru_cache(maxsize=16)
 def _grid_curves(name: str, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    log_lrs = np.log(np.asarray(load_grid(name)["lrs"], dtype=float))
+    return {b: (log_lrs, values.mean(axis=1)) for b, values in grid_values(name, metric).items()}
+
+
+@lru_cache(maxsize=16)
+def grid_values(name: str, metric: str) -> dict[int, np.ndarray]:
+    """Per batch size, the metric of every run as (learning rate, seed); a run that diverged counts
+    as the untrained model's metric."""
     grid = load_grid(name)
-    curves = {}
-    for b, runs in grid["runs"].items():
-        means = []
-        for per_seed in runs:  # one list of seeds per learning rate
-            values = [r[metric] if r["diverged"] is False else grid["untrained"][metric] for r in per_seed]
-            means.append(float(np.mean(values)))
-        curves[int(b)] = (np.log(np.asarray(grid["lrs"], dtype=float)), np.asarray(means))
-    return curves
+    return {int(b): np.array([[grid["untrained"][metric] if r["diverged"] else r[metric] for r in per_seed]
+                              for per_seed in runs], dtype=float)
+            for b, runs in grid["runs"].items()}
 
 
 def load_grid(name: str) -> dict:
