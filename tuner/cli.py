@@ -90,13 +90,16 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
     An existing study resumes until it holds n_trials finished (complete or pruned) trials;
     batch sizes and the learning-rate range may grow between runs. The fit (as `tuner fit`)
     is stored in the study. The same command on several machines, with one PostgreSQL
-    --storage, shares the study among them.
+    --storage, shares the study among them. The workload is a Python callable
+    ([workload] target) or your own training script, run once per trial
+    ([workload] command; see examples/script-study.toml).
 
     \b
     Examples:
       tuner run studies/quadratic.toml
       tuner run studies/digits-mlp-sgd.toml --storage sqlite:///studies.db --n-trials 200
       tuner run studies/digits-mlp-sgd.toml --workers 4
+      tuner run examples/script-study.toml
     """
     from tuner import runner
 
