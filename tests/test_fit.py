@@ -24,7 +24,7 @@ from tuner.fit import (
     save_fit,
     to_markdown,
 )
-from tuner.fit._figure import MISSING_COLOR, png_figure
+from tuner.fit._figure import MISSING_COLOR, figure_series, png_figure
 from tuner.fit._optimum import NO_SIGNAL
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_accuracy.py"
@@ -49,10 +49,11 @@ ZS = np.linspace(-2.0, 1.0, 13)
 
 
 def grid_study(alpha: float, sizes=SIZES, zs=ZS, cliff: float = 0.7, direction: str = "minimize",
-               noise: float = 0.0, seed: int = 0) -> optuna.Study:
-    """Trials on a grid of z = log(lr / optimum) at every batch size, written directly: no sampler in the way."""
+               noise: float = 0.0, seed: int = 0, truth=None) -> optuna.Study:
+    """Trials on a grid of z = log(lr / optimum) at every batch size, written directly: no sampler in
+    the way. The optimum is ``truth(B)``, by default lr* = 0.01 (B / 16) ** alpha."""
     rng = np.random.default_rng(seed)
-    truth = bench.power_law_truth(alpha)
+    truth = truth or bench.power_law_truth(alpha)
     study = optuna.create_study(direction=direction)
     for b in sizes:
         for z in zs:
@@ -204,6 +205,54 @@ def test_a_large_cost_rules_a_rule_out_even_where_its_noise_is_large():
              "saturating": rule("saturating", 4.9, (0.0001, 0.0, 0.0, 0.0063, 0.0, 0.0003, 0.001),
                                 (0.0006, 0.0077, 0.0091, 0.0069, 0.0001, 0.0009, 0.002))}
     assert recommend(rules, optima) == "power"
+
+
+# --- ground truth: rules that bend (saturating, surge) -------------------------------------------------
+
+WIDE = [16, 32, 64, 128, 256, 512, 1024, 2048]
+
+
+def surge_truth(lr_peak: float = 0.05, b_peak: float = 256.0):
+    return lambda b: 2 * lr_peak / (math.sqrt(b / b_peak) + math.sqrt(b_peak / b))
+
+
+def saturating_truth(lr_max: float = 0.05, b_noise: float = 128.0):
+    return lambda b: lr_max / (1 + b_noise / b)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_optimum_that_rises_then_falls_is_named_a_surge_with_its_peak(seed):
+    """lr* peaks at B=256 and falls ×1.59 by B=2048 (Li et al. 2024's form), 3% noise."""
+    result = fit_study(grid_study(math.nan, sizes=WIDE, noise=0.03, seed=seed, truth=surge_truth()))
+    surge = result.rules["surge"]
+    assert result.recommended == "surge"
+    assert factor(surge.b_peak, 256) < 1.15 and surge.b_peak_ci[0] <= 256 <= surge.b_peak_ci[1]
+    assert factor(surge.lr_peak, 0.05) < 1.15
+    assert result.predict(2048) < result.predict(256)
+    assert f"rises with the batch size up to B≈{surge.b_peak:.0f} (95% CI" in result.verdict
+    assert "and falls past it: at B=2048 it is ×1.6 below the peak" in result.verdict
+    marks = [text for _, text, _ in figure_series(result).bends]
+    assert any(text.startswith("B_peak≈") for text in marks)
+
+
+def test_a_saturating_optimum_is_not_called_a_surge_and_a_surge_not_saturating():
+    saturating = fit_study(grid_study(math.nan, sizes=WIDE, noise=0.03, truth=saturating_truth()))
+    assert saturating.recommended == "saturating"
+    assert saturating.rules["surge"].bic > saturating.rules["saturating"].bic + 10
+    surge = fit_study(grid_study(math.nan, sizes=WIDE, noise=0.03, truth=surge_truth()))
+    assert surge.rules["saturating"].bic > surge.rules["surge"].bic + 10
+
+
+def test_a_surge_peaking_beyond_the_batch_sizes_measured_says_it_still_rises():
+    # over B=16…512 a peak at 2048 is a curve that flattens: the surge rule is about the square-root
+    # rule there; where it is recommended it must not claim a fall it never saw
+    result = fit_study(grid_study(math.nan, noise=0.0, truth=surge_truth(b_peak=2048.0)))
+    surge = result.rules["surge"]
+    assert surge.b_peak > 512
+    from tuner.fit._verdict import _surge
+
+    assert _surge(surge, result.batch_sizes).startswith("The optimum still rises at B=512: its peak")
+    assert "B_peak" not in " ".join(text for _, text, _ in figure_series(result).bends)
 
 
 # --- ground truth: the built-in noisy quadratic -------------------------------------------------------
@@ -527,10 +576,11 @@ def test_result_dict_follows_the_design_schema(result):
     assert plain(data) and json.loads(json.dumps(data, allow_nan=False)) == data
     assert data["batch_sizes"] == sorted(data["batch_sizes"]) == [16, 64, 256, 1024]
     assert data["direction"] == "minimize" and data["recommended"] in data["rules"]
-    assert set(data["rules"]) == {"linear", "sqrt", "power", "saturating"}
+    assert set(data["rules"]) == {"linear", "sqrt", "power", "saturating", "surge"}
     assert data["rules"]["linear"]["alpha"] == 1.0 and data["rules"]["sqrt"]["alpha"] == 0.5
     assert len(data["rules"]["power"]["alpha_ci"]) == 2
     assert {"lr_max", "b_noise"} <= set(data["rules"]["saturating"])
+    assert {"lr_peak", "b_peak", "b_peak_ci"} <= set(data["rules"]["surge"])
     for rule in data["rules"].values():
         assert len(rule["lr"]) == len(rule["metric_cost"]) == len(data["batch_sizes"])
     for row in data["optimal_lr"]:
@@ -615,7 +665,7 @@ def test_the_dashboard_figure_and_the_png_draw_the_same_series():
     dashboard, axes = make_figure(result), png_figure(result).axes[0]
     drawn = {line.get_label().split(": ")[0]: line for line in axes.get_lines() if not line.get_label().startswith("_")}
     curves = {trace.name: trace for trace in dashboard.data if trace.mode == "lines"}
-    assert len(curves) == 6 and set(curves) <= set(drawn)  # four rules, two scaled from the reference
+    assert len(curves) == 7 and set(curves) <= set(drawn)  # five rules, two scaled from the reference
     for name, trace in curves.items():
         np.testing.assert_allclose(floats(drawn[name].get_xdata()), floats(trace.x))
         np.testing.assert_allclose(floats(drawn[name].get_ydata()), floats(trace.y))
@@ -679,13 +729,14 @@ def test_each_rule_is_fitted_where_it_costs_least_not_in_the_first_hollow():
     from tuner.fit._data import read_study
     from tuner.fit._optimum import estimate_optima
     from tuner.fit._result import _optima, _reference
-    from tuner.fit._rules import RULE_NAMES, SATURATING, cost, fit_theta
+    from tuner.fit._rules import RULE_NAMES, SATURATING, SURGE, cost, fit_theta
 
     data = read_study(stored_study("stiff-quadratic-trials.json"))
     usable = [o for o in estimate_optima(data.batches, False, data.lr_range, np.random.default_rng(0)) if o.usable]
     optima, log_ref = _optima(usable), math.log(_reference(usable, None).batch_size)
     levels = np.linspace(optima.y.min() - 2.0, optima.y.max() + 2.0, 81)
-    second = {"power": np.linspace(-0.5, 1.5, 81), SATURATING: np.linspace(optima.log_b.min(), optima.log_b.max(), 81)}
+    bends = np.linspace(optima.log_b.min(), optima.log_b.max(), 81)
+    second = {"power": np.linspace(-0.5, 1.5, 81), SATURATING: bends, SURGE: bends}
     for name in RULE_NAMES:
         fitted = np.sum(cost(name, fit_theta(name, optima, log_ref), optima, log_ref) ** 2)
         grid = [np.array([level, *extra]) for level in levels for extra in ([[v] for v in second[name]]

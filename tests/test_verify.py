@@ -22,7 +22,7 @@ from scipy.stats import t as student
 
 from tuner import runner
 from tuner import verify as verification
-from tuner.fit import load_fit
+from tuner.fit import FIT_ATTR, load_fit
 from tuner.fit._report import format_verification
 from tuner.fit._verification import RULE_CHOICES, beyond_the_best, default_batch_sizes, plan, summarize
 from tuner.storage import open_storage
@@ -250,4 +250,18 @@ def test_a_study_with_no_fit_says_to_fit_it_first(tmp_path):
     before = Path(store).read_bytes()
     p = tuner("verify", "valley", "--storage", store, cwd=tmp_path)
     assert p.returncode == 2 and "run `tuner fit valley` first" in p.stderr, p.stderr
+    assert Path(store).read_bytes() == before
+
+
+def test_a_fit_stored_before_a_rule_existed_says_to_fit_again(tmp_path):
+    spec, store = synthetic_study(tmp_path, 0.5)
+    assert tuner("run", str(spec), "--storage", store, "--n-trials", "24", cwd=tmp_path).returncode == 0
+    study = optuna.load_study(study_name="valley", storage=open_storage(store, create=False))
+    old = study.user_attrs[FIT_ATTR]
+    del old["rules"]["surge"]  # as versions before the surge rule stored it
+    study.set_user_attr(FIT_ATTR, old)
+    before = Path(store).read_bytes()
+    p = tuner("verify", "valley", "--rules", "surge", "--storage", store, cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "has no surge rule" in p.stderr and "run `tuner fit valley` again" in p.stderr
     assert Path(store).read_bytes() == before

@@ -152,7 +152,7 @@ def fit(study_name: str, storage: str | None) -> None:
     """Fit the optimal learning rate as a function of batch size from the trials of STUDY.
 
     Estimates the optimum at each batch size with an interval, fits the linear, square-root,
-    power-law and saturating rules, compares them, and stores the result in the study (user
+    power-law, saturating and surge (rises, then falls) rules, compares them, and stores the result in the study (user
     attribute lr_batch_fit, a note and a figure for optuna-dashboard). Re-fitting replaces them.
 
     \b
@@ -176,7 +176,7 @@ def fit(study_name: str, storage: str | None) -> None:
               help="Seeds per learning rate (the same seeds at every learning rate).")
 @click.option("--rules", default="recommended,linear,sqrt", show_default=True, metavar="R1,R2,...",
               help="Rules to verify: recommended, linear, sqrt (both scaled from the reference batch size), "
-                   "power, saturating.")
+                   "power, saturating, surge.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(study_name: str, storage: str | None, batch_sizes: list[int] | None, seeds: int, rules: str,
            quiet: bool) -> None:

@@ -30,6 +30,7 @@ from tuner.errors import InputError
 from tuner.fit import FitResult, load_fit, save_fit
 from tuner.fit._verification import (
     DEFAULT_RULES,
+    RECOMMENDED,
     RULE_CHOICES,
     Point,
     beyond_the_best,
@@ -90,6 +91,10 @@ def prepare(study_name: str, storage: str | None = None, *, batch_sizes: Sequenc
     fit = load_fit(study)
     if fit is None:
         raise InputError(f"study '{study_name}' has no fit to verify: run `tuner fit {study_name}` first")
+    missing_rules = [r for r in rules if r != RECOMMENDED and r not in fit.rules]
+    if missing_rules:
+        raise InputError(f"the fit stored in study '{study_name}' has no {', '.join(missing_rules)} rule (an earlier "
+                         f"version fitted it): run `tuner fit {study_name}` again first")
     sizes = list(dict.fromkeys(batch_sizes)) if batch_sizes else default_batch_sizes(fit.batch_sizes)
     if not sizes:
         raise InputError(f"study '{study_name}' searched one batch size; name the ones to verify at with --batch-sizes")

@@ -10,9 +10,9 @@ import numpy as np
 
 from tuner.errors import InputError
 from tuner.fit._result import FitResult
-from tuner.fit._rules import LINEAR, POWER, RULE_NAMES, SATURATING, SQRT
+from tuner.fit._rules import LINEAR, POWER, SATURATING, SQRT, SURGE
 
-RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", POWER: "#9467bd", SATURATING: "#d62728"}
+RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", POWER: "#9467bd", SATURATING: "#d62728", SURGE: "#8c564b"}
 MISSING_COLOR = "#999999"
 VERIFIED_COLOR = "#ff7f0e"
 VERIFIED_LABEL = "best measured at a held-out batch size (tuner verify)"
@@ -53,15 +53,16 @@ class FigureSeries:
     optima: list[Optima]
     missing: list[int]         # batch sizes without a complete trial
     curves: list[Curve]
-    b_noise: float | None      # the saturating rule's critical batch size, where it is inside x_range
+    bends: list[tuple[float, str, str]]  # (batch size, label, color): B_noise, and B_peak where it is measured
     verified: list[tuple[int, float]] = ()  # held-out batch sizes and the best LR `tuner verify` measured
 
 
 def figure_series(result: FitResult) -> FigureSeries:
     """What the figure shows: per-batch optima with intervals on log-log axes (those left out of the
     rules apart), the batch sizes without a complete trial, the fitted rules (the recommended one
-    bold), the linear and square-root rules scaled from the reference batch size, B_noise, and the
-    best learning rates `tuner verify` measured at held-out batch sizes."""
+    bold), the linear and square-root rules scaled from the reference batch size, B_noise (and the
+    surge rule's B_peak, where the batch sizes measured surround it), and the best learning rates
+    `tuner verify` measured at held-out batch sizes."""
     verified = [(b.batch_size, b.best_lr) for b in result.verify.batches if b.best_lr] if result.verify else []
     shown = [*result.batch_sizes, *(b for b, _ in verified)]
     low, high = min(shown) / RANGE, max(shown) * RANGE
@@ -74,8 +75,8 @@ def figure_series(result: FitResult) -> FigureSeries:
                                  [o.ci[0] for o in points], [o.ci[1] for o in points]))
     grid = np.geomspace(low, high, 200)
     curves = []
-    for name in RULE_NAMES:
-        rule, best = result.rules[name], name == result.recommended
+    for name, rule in result.rules.items():  # a fit stored before a rule existed has none
+        best = name == result.recommended
         curves.append(Curve(name, f"{name}{' (recommended)' if best else ''}", rule.formula(digits=3), grid,
                             np.asarray(rule.predict(grid)), RULE_COLORS[name], "solid" if best else "dot",
                             2.5 if best else 1.2))
@@ -85,12 +86,24 @@ def figure_series(result: FitResult) -> FigureSeries:
             curves.append(Curve(f"{name}-scaled", f"{name} rule scaled from B={result.reference_batch_size}",
                                 "", np.asarray(result.batch_sizes, float), np.asarray(scaled), RULE_COLORS[name],
                                 "dash", 1.0))
-    b_noise = result.critical_batch_size
     return FigureSeries(
         title=f"Optimal learning rate vs batch size: {result.study}", x_range=(low, high),
         batch_sizes=list(result.batch_sizes), optima=optima,
         missing=[o.batch_size for o in result.optima if o.lr is None], curves=curves,
-        b_noise=b_noise if b_noise and low <= b_noise <= high else None, verified=verified)
+        bends=_bends(result, (low, high)), verified=verified)
+
+
+def _bends(result: FitResult, x_range: tuple[float, float]) -> list[tuple[float, str, str]]:
+    """B_noise where it is inside the axis; B_peak where it lies between batch sizes measured (beyond
+    them the surge rule has no peak to show)."""
+    bends = []
+    b_noise = result.critical_batch_size
+    if b_noise and x_range[0] <= b_noise <= x_range[1]:
+        bends.append((b_noise, f"B_noise≈{b_noise:.3g}", RULE_COLORS[SATURATING]))
+    surge = result.rules.get(SURGE)
+    if surge is not None and result.batch_sizes[0] < surge.b_peak < result.batch_sizes[-1]:
+        bends.append((surge.b_peak, f"B_peak≈{surge.b_peak:.3g}", RULE_COLORS[SURGE]))
+    return bends
 
 
 def make_figure(result: FitResult):
@@ -121,11 +134,10 @@ def make_figure(result: FitResult):
         figure.add_vline(x=b, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
         figure.add_annotation(x=np.log10(b), y=0, yref="paper", yanchor="bottom", showarrow=False, textangle=-90,
                               text="no complete trial", font={"size": 10, "color": MISSING_COLOR})
-    if series.b_noise is not None:
-        figure.add_vline(x=series.b_noise, line={"color": RULE_COLORS[SATURATING], "width": 1, "dash": "dot"})
+    for x, text, color in series.bends:
+        figure.add_vline(x=x, line={"color": color, "width": 1, "dash": "dot"})
         # on a log axis an annotation's x is log10 of the data value (add_vline's own label is not)
-        figure.add_annotation(x=np.log10(series.b_noise), y=1, yref="paper", yanchor="bottom", showarrow=False,
-                              text=f"B_noise≈{series.b_noise:.3g}")
+        figure.add_annotation(x=np.log10(x), y=1, yref="paper", yanchor="bottom", showarrow=False, text=text)
     figure.update_layout(title=series.title, template="plotly_white",
                          xaxis={"type": "log", "title": "batch size"}, yaxis={"type": "log", "title": "learning rate"},
                          margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
@@ -165,10 +177,10 @@ def png_figure(result: FitResult):
     for curve in series.curves:
         ax.plot(curve.x, curve.y, color=curve.color, linewidth=curve.width, linestyle=MATPLOTLIB_STYLES[curve.style],
                 label=f"{curve.label}: {curve.formula}" if curve.formula else curve.label)
-    if series.b_noise is not None:
-        ax.axvline(series.b_noise, color=RULE_COLORS[SATURATING], linewidth=0.8, linestyle=":")
-        ax.annotate(f"B_noise≈{series.b_noise:.3g}", (series.b_noise, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12), textcoords="offset points", color=RULE_COLORS[SATURATING], fontsize=8)
+    for x, text, color in series.bends:
+        ax.axvline(x, color=color, linewidth=0.8, linestyle=":")
+        ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", color=color, fontsize=8)
     ax.set_xlim(*series.x_range)
     ticks = sorted({*series.batch_sizes, *(b for b, _ in series.verified)})
     ax.set_xticks(ticks, [str(b) for b in ticks])

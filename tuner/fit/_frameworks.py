@@ -10,7 +10,7 @@ import numpy as np
 
 from tuner.fit._optimum import BatchOptimum
 from tuner.fit._result import FitResult
-from tuner.fit._rules import FIXED_ALPHA, LINEAR, POWER, SATURATING, SQRT, Rule
+from tuner.fit._rules import FIXED_ALPHA, LINEAR, POWER, SATURATING, SQRT, SURGE, Rule
 from tuner.fit._verdict import RULE_LABELS, TOLERANCE, format_batch_size
 
 DEFAULT_MODULE = "lr_rule"  # the exported Python module's name (``tuner export --format python``)
@@ -72,6 +72,8 @@ def _describe(name: str, rule: Rule) -> str:
         return f"power law (α={rule.alpha:.2f})"
     if name == SATURATING:
         return f"saturating rule (B_noise≈{format_batch_size(rule.b_noise)})"
+    if name == SURGE:
+        return f"surge rule (peak at B≈{format_batch_size(rule.b_peak)})"
     return RULE_LABELS[name]
 
 

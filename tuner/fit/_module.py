@@ -12,7 +12,7 @@ import textwrap
 from tuner.fit._frameworks import DEFAULT_MODULE, fitted_range, framework_lines, usable
 from tuner.fit._report import past_tense
 from tuner.fit._result import FitResult
-from tuner.fit._rules import LINEAR, RULE_NAMES, SATURATING, SQRT
+from tuner.fit._rules import LINEAR, SATURATING, SQRT, SURGE
 from tuner.fit._verdict import RULE_LABELS
 
 
@@ -58,7 +58,7 @@ def to_python(result: FitResult, module_name: str = DEFAULT_MODULE) -> str:
     lines += ["# The other rules, fitted to the same optima (BIC: lower is better; leave-one-out:",
               "# typical factor by which the rule, fitted without a batch size, misses its optimum).",
               "# To use one instead, return its expression from lr_for_batch_size:"]
-    for other in RULE_NAMES:
+    for other in result.rules:  # a fit stored before a rule existed has none
         lines += _alternative(result, other)
     lines += ["", "", _FUNCTION.format(label=RULE_LABELS[name], expression=_expression(name, constant=True))]
     return "\n".join(lines)
@@ -105,6 +105,9 @@ def _constants(name: str, params: dict) -> list[tuple[str, str, float, str]]:
     if name == SATURATING:
         return [("lr_max", "LR_MAX", params["lr_max"], "the learning rate approached at large batch sizes"),
                 ("b_noise", "B_NOISE", params["b_noise"], "critical batch size: linear scaling below, flat above")]
+    if name == SURGE:
+        return [("lr_peak", "LR_PEAK", params["lr_peak"], "the largest learning rate, at B_PEAK"),
+                ("b_peak", "B_PEAK", params["b_peak"], "lr rises as sqrt(batch_size) below, falls above")]
     return [("lr_ref", "LR_REF", params["lr_ref"], "the learning rate at BATCH_SIZE_REF"),
             ("batch_size_ref", "BATCH_SIZE_REF", params["batch_size_ref"], "reference batch size"),
             ("alpha", "ALPHA", params["alpha"], "exponent: lr grows as batch_size ** ALPHA")]
@@ -120,6 +123,10 @@ def _expression(name: str, constant: bool, params: dict | None = None) -> str:
 
     if name == SATURATING:
         return f"{value('lr_max', 'LR_MAX')} / (1.0 + {value('b_noise', 'B_NOISE')} / batch_size)"
+    if name == SURGE:  # with literal values the line is too long: the ratio on a line of its own
+        ratio = "batch_size / B_PEAK" if constant else "ratio"
+        expression = f"2 * {value('lr_peak', 'LR_PEAK')} * math.sqrt({ratio}) / (1 + {ratio})"
+        return expression if constant else f"ratio = batch_size / {params['b_peak']!r}\n{expression}"
     ratio = f"batch_size / {value('batch_size_ref', 'BATCH_SIZE_REF')}"
     scale = {LINEAR: f"({ratio})", SQRT: f"math.sqrt({ratio})"}.get(name, f"({ratio}) ** {value('alpha', 'ALPHA')}")
     return f"{value('lr_ref', 'LR_REF')} * {scale}"
@@ -131,7 +138,7 @@ def _alternative(result: FitResult, name: str) -> list[str]:
     scores = [f"BIC {bic:.1f}" if math.isfinite(bic) else None, f"leave-one-out x{lobo:.2f}" if lobo else None]
     recommended = ", recommended" if name == result.recommended else ""
     return [f"#   {name} ({', '.join(s for s in scores if s)}{recommended}):",
-            f"#       {_expression(name, constant=False, params=rule.params)}"]
+            *(f"#       {line}" for line in _expression(name, constant=False, params=rule.params).splitlines())]
 
 
 _ASCII = {"×": "x", "≈": "~", "α": "alpha", "…": "...", "–": "-", "—": "-", "∞": "inf", "√": "sqrt",

@@ -11,8 +11,8 @@ import numpy as np
 from tuner.fit._frameworks import fitted_range, framework_lines
 from tuner.fit._optimum import BEST_TRIAL, BEST_TRIALS
 from tuner.fit._result import FitResult
-from tuner.fit._rules import RULE_NAMES, Rule
-from tuner.fit._verdict import RULE_LABELS, alpha_interval, b_noise_interval
+from tuner.fit._rules import Rule
+from tuner.fit._verdict import RULE_LABELS, alpha_interval, b_noise_interval, b_peak_interval
 
 METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits them)",
                 BEST_TRIAL: "the best trial (too few for a valley)"}
@@ -150,8 +150,7 @@ def _optima_rows(result: FitResult) -> list[list[str]]:
 
 def _rule_rows(result: FitResult) -> list[list[str]]:
     rows = [["rule", "formula", "BIC", "AIC", "leave-one-out", "worst miss", "notes"]]
-    for name in RULE_NAMES:
-        rule = result.rules[name]
+    for name, rule in result.rules.items():  # a fit stored before a rule existed has none
         rows.append([name + ("*" if name == result.recommended else ""), rule.formula(), f"{rule.bic:.1f}",
                      f"{rule.aic:.1f}", f"×{rule.lobo_error:.2f}" if rule.lobo_error else "-",
                      f"×{rule.max_factor:.2f}", _rule_note(rule)])
@@ -163,14 +162,16 @@ def _rule_note(rule: Rule) -> str:
         return f"α {alpha_interval(rule)}"
     if rule.b_noise_ci:
         return f"B_noise {b_noise_interval(rule)}"
+    if rule.b_peak_ci:
+        return f"B_peak {b_peak_interval(rule)}"
     return ""
 
 
 def _cost_rows(result: FitResult) -> list[list[str]]:
-    rows = [["batch", *(n + ("*" if n == result.recommended else "") for n in RULE_NAMES)]]
+    rows = [["batch", *(n + ("*" if n == result.recommended else "") for n in result.rules)]]
     decimals = _decimals([o.best_value for o in result.optima if o.best_value is not None])
     for i, b in enumerate(result.batch_sizes):
-        rows.append([str(b)] + [_cost(result.rules[n], i, decimals) for n in RULE_NAMES])
+        rows.append([str(b)] + [_cost(rule, i, decimals) for rule in result.rules.values()])
     return rows
 
 

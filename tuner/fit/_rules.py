@@ -1,6 +1,6 @@
 """Rules for the optimal learning rate as a function of batch size, fitted to the per-batch optima.
 
-Four rules, fitted in log space by least squares, each batch size's error scaled by its own interval
+Five rules, fitted in log space by least squares, each batch size's error scaled by its own interval
 on the side the rule passes it (``Spread``: a batch size whose optimum sits just below a cliff has a
 tight interval above it, and a rule that overshoots there pays for it):
 
@@ -8,7 +8,11 @@ tight interval above it, and a rule that overshoots there pays for it):
 * ``sqrt``: lr proportional to sqrt(B) (Krizhevsky 2014; Malladi et al. 2022 for Adam);
 * ``power``: lr proportional to B^alpha, alpha free, with a 95% interval;
 * ``saturating``: lr = lr_max / (1 + B_noise / B) (McCandlish et al. 2018): linear well below the
-  critical batch size B_noise, flat at lr_max well above it.
+  critical batch size B_noise, flat at lr_max well above it;
+* ``surge``: lr = lr_peak / (½(√(B_peak/B) + √(B/B_peak))) (Li et al. 2024, for Adam): rises as √B
+  well below B_peak, peaks at lr_peak there, and falls as 1/√B well above it.
+
+The last two are a level times a shape with one parameter (B_noise, B_peak): ``SHAPES``.
 
 Each rule is compared three ways: an information criterion that pays for parameters (AIC, BIC),
 leave-one-batch-size-out prediction error, and (in ``tuner.fit._verdict``) what following it costs
@@ -28,13 +32,20 @@ from scipy.special import fdtri, stdtrit
 
 from tuner.fit._model import Frozen, Real
 
-LINEAR, SQRT, POWER, SATURATING = "linear", "sqrt", "power", "saturating"
-RULE_NAMES = (LINEAR, SQRT, POWER, SATURATING)
+LINEAR, SQRT, POWER, SATURATING, SURGE = "linear", "sqrt", "power", "saturating", "surge"
+RULE_NAMES = (LINEAR, SQRT, POWER, SATURATING, SURGE)
 FIXED_ALPHA = {LINEAR: 1.0, SQRT: 0.5}
-N_PARAMS = {LINEAR: 1, SQRT: 1, POWER: 2, SATURATING: 2}
-# B_noise is searched this far beyond the batch sizes measured: further out the rule is linear
-# (B_noise >> B) or flat (B_noise << B) over the whole range and the data cannot tell more
-B_NOISE_REACH = 100.0
+N_PARAMS = {LINEAR: 1, SQRT: 1, POWER: 2, SATURATING: 2, SURGE: 2}
+# log of the shape (level 1) of the rules with a bend, as a function of log(bend) and log(B):
+# 1 / (1 + B_noise / B) and 1 / cosh(ln(B / B_peak) / 2)
+SHAPES = {SATURATING: lambda log_bend, log_b: -np.logaddexp(0.0, log_bend - log_b),
+          SURGE: lambda log_bend, log_b: math.log(2.0) - np.logaddexp((log_b - log_bend) / 2, (log_bend - log_b) / 2)}
+# their names: (level, bend)
+SHAPE_PARAMS = {SATURATING: ("lr_max", "b_noise"), SURGE: ("lr_peak", "b_peak")}
+# a bend is searched this far beyond the batch sizes measured: further out the rule is linear or flat
+# (saturating), or the square-root rule or falling as 1/sqrt(B) (surge), over the whole range, and
+# the data cannot tell more
+BEND_REACH = 100.0
 PRIOR_DOF = 1  # see _variance_scale
 OUTSIDE = 0.01  # a rule ×1.01 beyond where a batch size's trials allow its optimum misses by a spread
 LEVEL_STEPS = tuple(math.log(f) for f in (0.5, 0.7, 1.4, 2.0))  # where else a rule's cost fit starts
@@ -45,8 +56,8 @@ class Rule(Frozen):
     costs at each batch size measured (the study's ``batch_sizes``, in order).
 
     The power-law family (linear, square-root, power) has ``alpha``, ``lr_ref`` and ``batch_size_ref``;
-    the saturating rule ``lr_max`` and ``b_noise``. Stored, a rule is these fields (those that are set)
-    and its ``formula``; the study's fit keys it by name.
+    the saturating rule ``lr_max`` and ``b_noise``; the surge rule ``lr_peak`` and ``b_peak``. Stored, a
+    rule is these fields (those that are set) and its ``formula``; the study's fit keys it by name.
     """
 
     name: str = Field(exclude=True)
@@ -55,6 +66,8 @@ class Rule(Frozen):
     batch_size_ref: int | None = None
     lr_max: float | None = None
     b_noise: float | None = None
+    lr_peak: float | None = None
+    b_peak: float | None = None
     n_params: int
     chi2: Real = math.nan
     aic: Real = math.nan
@@ -62,6 +75,7 @@ class Rule(Frozen):
     lobo_error: float | None = None  # leave-one-batch-size-out: typical factor it misses by
     alpha_ci: tuple[float, float] | None = None           # power law: 95% interval of the exponent
     b_noise_ci: tuple[float | None, float | None] | None = None  # saturating: 95%; None: unbounded
+    b_peak_ci: tuple[float | None, float | None] | None = None   # surge: 95%; None: unbounded
     lr: tuple[float, ...] = ()                    # the learning rate it gives
     metric_cost: tuple[float | None, ...] = ()    # how much worse the metric ends (None: not measured)
     metric_cost_se: tuple[float | None, ...] = ()
@@ -72,21 +86,28 @@ class Rule(Frozen):
     @property
     def params(self) -> dict[str, float]:
         """The rule's parameters by name."""
-        names = ("lr_max", "b_noise") if self.name == SATURATING else ("alpha", "lr_ref", "batch_size_ref")
+        names = SHAPE_PARAMS.get(self.name, ("alpha", "lr_ref", "batch_size_ref"))
         return {name: getattr(self, name) for name in names}
 
     def predict(self, batch_size) -> np.ndarray | float:
         b = np.asarray(batch_size, dtype=float)
         if self.name == SATURATING:
             lr = self.lr_max / (1.0 + self.b_noise / b)
+        elif self.name == SURGE:
+            ratio = b / self.b_peak  # 1 / cosh(ln(ratio) / 2), as the exported module computes it
+            lr = 2.0 * self.lr_peak * np.sqrt(ratio) / (1.0 + ratio)
         else:
             lr = self.lr_ref * (b / self.batch_size_ref) ** self.alpha
         return float(lr) if np.ndim(lr) == 0 else lr
 
     def formula(self, digits: int = 4) -> str:
-        """The rule as code: ``lr = 0.31 * (B / 64) ** 0.74``, ``lr = 1.9 / (1 + 150 / B)``."""
+        """The rule as code: ``lr = 0.31 * (B / 64) ** 0.74``, ``lr = 1.9 / (1 + 150 / B)``,
+        ``lr = 2 * 0.05 / ((B / 256) ** 0.5 + (256 / B) ** 0.5)``."""
         if self.name == SATURATING:
             return f"lr = {self.lr_max:.{digits}g} / (1 + {self.b_noise:.{digits}g} / B)"
+        if self.name == SURGE:
+            peak = f"{self.b_peak:.{digits}g}"
+            return f"lr = 2 * {self.lr_peak:.{digits}g} / ((B / {peak}) ** 0.5 + ({peak} / B) ** 0.5)"
         exponent = "" if self.alpha == 1.0 else f" ** {self.alpha:.3g}"
         return f"lr = {self.lr_ref:.{digits}g} * (B / {self.batch_size_ref:g}){exponent}"
 
@@ -97,8 +118,8 @@ class Rule(Frozen):
 
 def log_model(name: str, theta: np.ndarray, log_b: np.ndarray, log_ref: float) -> np.ndarray:
     """log lr predicted by a rule with parameters theta, in the log-space form the fits use."""
-    if name == SATURATING:  # theta = (log lr_max, log B_noise)
-        return theta[0] - np.logaddexp(0.0, theta[1] - log_b)
+    if name in SHAPES:  # theta = (log level, log bend): (log lr_max, log B_noise), (log lr_peak, log B_peak)
+        return theta[0] + SHAPES[name](theta[1], log_b)
     alpha = FIXED_ALPHA.get(name, theta[-1])  # theta = (log lr_ref[, alpha])
     return theta[0] + alpha * (log_b - log_ref)
 
@@ -142,10 +163,10 @@ def fit_theta(name: str, data: Optima, log_ref: float, restarts: bool = True) ->
 
 
 def _theta_bounds(name: str, data: Optima):
-    """Where a rule's parameters may go: B_noise at most B_NOISE_REACH beyond the batch sizes measured."""
-    if name != SATURATING:
+    """Where a rule's parameters may go: a bend at most BEND_REACH beyond the batch sizes measured."""
+    if name not in SHAPES:
         return -np.inf, np.inf
-    return ([-np.inf, data.log_b.min() - math.log(B_NOISE_REACH)], [np.inf, data.log_b.max() + math.log(B_NOISE_REACH)])
+    return ([-np.inf, data.log_b.min() - math.log(BEND_REACH)], [np.inf, data.log_b.max() + math.log(BEND_REACH)])
 
 
 def _starts(theta: np.ndarray, bounds) -> list[np.ndarray]:
@@ -197,37 +218,38 @@ def _fit_symmetric(name: str, log_b: np.ndarray, y: np.ndarray, sigma: np.ndarra
     if name == POWER:
         design = np.stack([np.ones_like(log_b), log_b - log_ref], axis=1) / sigma[:, None]
         return np.linalg.lstsq(design, y / sigma, rcond=None)[0]
-    return _fit_saturating(log_b, y, sigma)
+    return _fit_bend(name, log_b, y, sigma)
 
 
-def _fit_saturating(log_b, y, sigma) -> np.ndarray:
-    grid, chi2 = saturating_profile(log_b, y, sigma)
+def _fit_bend(name: str, log_b, y, sigma) -> np.ndarray:
+    """A rule with a bend, by least squares started from the best point of its profile."""
+    grid, chi2 = bend_profile(name, log_b, y, sigma)
     start = grid[np.argmin(chi2)]
     bounds = ([-np.inf, grid[0]], [np.inf, grid[-1]])
-    best = least_squares(lambda th: (y - log_model(SATURATING, th, log_b, 0.0)) / sigma,
-                         x0=[_best_level(start, log_b, y, sigma), start], bounds=bounds)
+    best = least_squares(lambda th: (y - log_model(name, th, log_b, 0.0)) / sigma,
+                         x0=[_best_level(name, start, log_b, y, sigma), start], bounds=bounds)
     return best.x
 
 
-def saturating_profile(log_b, y, sigma, points: int = 161) -> tuple[np.ndarray, np.ndarray]:
-    """chi^2 of the saturating rule as a function of log B_noise, lr_max at its best for each."""
-    grid = np.linspace(log_b.min() - math.log(B_NOISE_REACH), log_b.max() + math.log(B_NOISE_REACH), points)
-    shape = -np.logaddexp(0.0, grid[:, None] - log_b[None, :])   # log of 1 / (1 + B_noise / B)
+def bend_profile(name: str, log_b, y, sigma, points: int = 161) -> tuple[np.ndarray, np.ndarray]:
+    """chi^2 of a rule with a bend as a function of log bend (B_noise, B_peak), its level at its
+    best for each."""
+    grid = np.linspace(log_b.min() - math.log(BEND_REACH), log_b.max() + math.log(BEND_REACH), points)
+    shape = SHAPES[name](grid[:, None], log_b[None, :])
     w = 1.0 / sigma**2
     level = np.sum(w * (y - shape), axis=1) / np.sum(w)
     return grid, np.sum(w * (y - level[:, None] - shape) ** 2, axis=1)
 
 
-def _best_level(log_b_noise, log_b, y, sigma) -> float:
-    shape = -np.logaddexp(0.0, log_b_noise - log_b)
+def _best_level(name: str, log_bend, log_b, y, sigma) -> float:
     w = 1.0 / sigma**2
-    return float(np.sum(w * (y - shape)) / np.sum(w))
+    return float(np.sum(w * (y - SHAPES[name](log_bend, log_b))) / np.sum(w))
 
 
 def parameters(name: str, theta: np.ndarray, reference: int) -> dict[str, float]:
     """A rule's parameters by name, from the log-space ``theta`` the fits use."""
-    if name == SATURATING:
-        return {"lr_max": float(math.exp(theta[0])), "b_noise": float(math.exp(theta[1]))}
+    if name in SHAPE_PARAMS:
+        return dict(zip(SHAPE_PARAMS[name], (float(math.exp(t)) for t in theta)))
     alpha = FIXED_ALPHA.get(name, float(theta[-1]))
     return {"alpha": float(alpha), "lr_ref": float(math.exp(theta[0])), "batch_size_ref": reference}
 
@@ -237,7 +259,8 @@ def fit_rules(data: Optima, reference: int) -> dict[str, dict]:
     fields of ``Rule`` that do not depend on the batch sizes left out of the fit)."""
     log_ref = math.log(reference)
     intervals = {POWER: {"alpha_ci": _alpha_interval(data.log_b, data.y, data.sigma)},
-                 SATURATING: {"b_noise_ci": _b_noise_interval(data.log_b, data.y, data.sigma)}}
+                 SATURATING: {"b_noise_ci": _bend_interval(SATURATING, data.log_b, data.y, data.sigma)},
+                 SURGE: {"b_peak_ci": _bend_interval(SURGE, data.log_b, data.y, data.sigma)}}
     rules = {}
     for name in RULE_NAMES:
         # compared where each rule fits the optima best (its likelihood's maximum), not at the
@@ -286,12 +309,20 @@ def _alpha_interval(log_b, y, sigma) -> list[float]:
     return [float(alpha - half), float(alpha + half)]
 
 
-def _b_noise_interval(log_b, y, sigma) -> list[float | None]:
-    """95% profile interval of B_noise; an end is None where the data cannot bound it (the interval
-    reaches B_NOISE_REACH beyond the batch sizes measured)."""
-    grid, chi2 = saturating_profile(log_b, y, sigma)
+def _bend_interval(name: str, log_b, y, sigma) -> list[float | None]:
+    """95% profile interval of a rule's bend (B_noise, B_peak); an end is None where the data cannot
+    bound it (the interval reaches BEND_REACH beyond the batch sizes measured)."""
+    grid, chi2 = bend_profile(name, log_b, y, sigma)
     scale, dof = _variance_scale(float(chi2.min()), len(log_b) - 2)
-    inside = np.flatnonzero(chi2 - chi2.min() <= fdtri(1, dof, 0.95) * scale)
+    excess = chi2 - chi2.min() - fdtri(1, dof, 0.95) * scale  # <= 0: inside
+    inside = np.flatnonzero(excess <= 0)
     low, high = inside.min(), inside.max()
-    return [None if low == 0 else float(math.exp(grid[low])),
-            None if high == len(grid) - 1 else float(math.exp(grid[high]))]
+    return [None if low == 0 else float(math.exp(_crossing(grid, excess, low, low - 1))),
+            None if high == len(grid) - 1 else float(math.exp(_crossing(grid, excess, high, high + 1)))]
+
+
+def _crossing(grid: np.ndarray, excess: np.ndarray, inside: int, outside: int) -> float:
+    """Where ``excess`` crosses zero between a grid point inside the interval and its neighbour
+    outside, linearly: the grid's own steps (×1.09) were as wide as a well-measured interval."""
+    share = excess[inside] / (excess[inside] - excess[outside])
+    return float(grid[inside] + share * (grid[outside] - grid[inside]))

@@ -21,12 +21,13 @@ from tuner.fit._optimum import (
     TOLERATED,
     BatchOptimum,
 )
-from tuner.fit._rules import FIXED_ALPHA, LINEAR, N_PARAMS, POWER, RULE_NAMES, SATURATING, SQRT, Rule
+from tuner.fit._rules import FIXED_ALPHA, LINEAR, N_PARAMS, POWER, SATURATING, SQRT, SURGE, Rule
 
 BIC_TIE = 2.0      # "positive evidence" on the usual BIC scale (Kass & Raftery 1995)
 TOLERANCE = 1.25   # a simpler rule "holds" where it is within this factor of the fitted one
 COSTLY = 0.10      # following the recommended rule may lose this share of the metric before the verdict warns
-RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power law", SATURATING: "saturating rule"}
+RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power law", SATURATING: "saturating rule",
+               SURGE: "surge rule"}
 
 
 def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) -> str:
@@ -34,7 +35,7 @@ def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) 
     the least metric at their worst batch size measured (within TOLERATED of it, or twice it); of
     those the one with the fewest parameters; then the lowest BIC. Without ``optima``, no costs."""
     best = min(rule.bic for rule in rules.values())
-    close = [name for name in RULE_NAMES if rules[name].bic <= best + BIC_TIE]
+    close = [name for name, rule in rules.items() if rule.bic <= best + BIC_TIE]
     worst = {name: _worst_cost(rules[name], optima) for name in close}
     least = min(worst.values())
     cheap = [name for name in close if worst[name] <= max(least + TOLERATED, 2 * least)]
@@ -82,11 +83,12 @@ def write_verdict(rules: dict[str, Rule], recommended: str, optima: list[BatchOp
                   reference: BatchOptimum) -> str:
     rule = rules[recommended]
     batch_sizes = [o.batch_size for o in optima]
-    rivals = [name for name in RULE_NAMES if name != recommended
-              and rules[name].bic <= rule.bic + BIC_TIE]
+    rivals = [name for name, rival in rules.items() if name != recommended and rival.bic <= rule.bic + BIC_TIE]
     parts = [f"Use the {RULE_LABELS[recommended]}: {rule.formula(digits=3)}."]
     if recommended == SATURATING:
         parts.append(_saturation(rule, rules[POWER], batch_sizes, power_is_rival=POWER in rivals))
+    elif recommended == SURGE:
+        parts.append(_surge(rule, batch_sizes))
     else:
         parts.append(_exponent(rules[POWER], rules[SATURATING], recommended))
     parts += [_rival(rules[name], rule) for name in rivals]
@@ -113,9 +115,26 @@ def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival:
     return text
 
 
+def _surge(rule: Rule, batch_sizes: list[int]) -> str:
+    """Where the optimum peaks and how far it falls past the peak within the batch sizes measured."""
+    b_peak, interval = rule.b_peak, b_peak_interval(rule)
+    if b_peak >= batch_sizes[-1]:
+        return (f"The optimum still rises at B={batch_sizes[-1]}: its peak, lr≈{rule.lr_peak:.3g} at "
+                f"B≈{format_batch_size(b_peak)} ({interval}), lies beyond the batch sizes measured.")
+    fall = _factor(rule.lr_peak, rule.predict(batch_sizes[-1]))
+    peak = f"B≈{format_batch_size(b_peak)} ({interval})"
+    rises = (f"rises with the batch size up to {peak}, where lr≈{rule.lr_peak:.3g}, " if b_peak > batch_sizes[0]
+             else f"peaks at or below B={batch_sizes[0]} ({peak}) ")
+    unbounded = (" The interval does not bound the peak: more batch sizes on either side of it would."
+                 if None in rule.b_peak_ci else "")
+    return (f"The optimum {rises}and falls past it: at B={batch_sizes[-1]} it is ×{fall:.2g} below the peak, "
+            f"so a larger batch needs a smaller learning rate there.{unbounded}")
+
+
 def _rival(rival: Rule, chosen: Rule) -> str:
     """A rule the data cannot tell from the recommended one."""
-    extra = f" (α {alpha_interval(rival)})" if rival.alpha_ci else ""
+    extra = (f" (α {alpha_interval(rival)})" if rival.alpha_ci
+             else f" (B_peak {b_peak_interval(rival)})" if rival.b_peak_ci else "")
     return (f"The {RULE_LABELS[rival.name]} fits about as well (BIC {rival.bic:.1f} against "
             f"{chosen.bic:.1f}): {rival.formula(digits=3)}{extra}; more batch sizes or trials "
             "would tell them apart.")
@@ -251,7 +270,16 @@ def alpha_interval(rule: Rule) -> str:
 
 def b_noise_interval(rule: Rule) -> str:
     """The saturating rule's 95% interval of B_noise, as the verdict and the rule table say it."""
-    low, high = rule.b_noise_ci
+    return _interval(rule.b_noise_ci)
+
+
+def b_peak_interval(rule: Rule) -> str:
+    """The surge rule's 95% interval of B_peak, as the verdict and the rule table say it."""
+    return _interval(rule.b_peak_ci)
+
+
+def _interval(ends: tuple[float | None, float | None]) -> str:
+    low, high = ends
     return f"95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
 
 
