@@ -56,7 +56,7 @@ def run_one(workload_name: str, method: str, seed: int, n_trials: int | None = N
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     n_trials = n_trials or workload.n_trials
     start = time.perf_counter()
-    study = _plain_optuna(workload, seed, n_trials) if method == "optuna" else _tuner_study(workload, seed, n_trials)
+    study = _plain_optuna(workload, seed, n_trials) if method == "optuna" else tuner_study(workload, seed, n_trials)
     seconds = time.perf_counter() - start
     import tuner
 
@@ -65,7 +65,8 @@ def run_one(workload_name: str, method: str, seed: int, n_trials: int | None = N
             **_score(workload, study, best_trial=method == "optuna")}
 
 
-def _tuner_study(workload, seed: int, n_trials: int):
+def tuner_study(workload, seed: int, n_trials: int):
+    """The study ``tuner run`` makes of ``workload`` with the default search, in memory."""
     from optuna.storages import InMemoryStorage
 
     from tuner.runner import open_study, run_study

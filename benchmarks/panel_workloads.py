@@ -83,6 +83,9 @@ class ValleyTruth:
     def optimum(self, batch_size: int) -> float:
         return self.lr0 * (batch_size / self.b0) ** self.alpha
 
+    def form(self) -> str:
+        return f"lr* = {self.lr0:g}·(B/{self.b0})^{self.alpha:g}"
+
     def loss(self, z: float) -> float:
         return self.floor + 0.5 * z * z * (self.steep_above if z > 0 else 1.0)
 
@@ -192,7 +195,7 @@ class _WithOptions:
         self._run.report(step, value)
 
 
-def _valley(name: str, truth: ValleyTruth, noise: float, n_trials: int, maximize: bool = False,
+def valley(name: str, truth: ValleyTruth, noise: float, n_trials: int, maximize: bool = False,
             batch_sizes=(16, 32, 64, 128, 256, 512)) -> PanelWorkload:
     """Reports four times; small learning rates converge slowly (the pruner has work); every report
     carries ``noise`` relative Gaussian noise; with ``maximize`` the metric is 1 - loss."""
@@ -207,7 +210,7 @@ def _valley(name: str, truth: ValleyTruth, noise: float, n_trials: int, maximize
             run.report(k * 4096, 1.0 - value if maximize else value)
         return 1.0 - value if maximize else value
 
-    description = (f"lr* = {truth.lr0:g}·(B/{truth.b0})^{truth.alpha:g} exactly; valley {truth.steep_above:g}× "
+    description = (f"{truth.form()} exactly; valley {truth.steep_above:g}× "
                    f"steeper above, cliff at ×{math.exp(truth.cliff):.2f}, {noise:.0%} noise per report")
     return PanelWorkload(name, "synthetic", description, train, truth, list(batch_sizes), (1e-4, 10.0), n_trials,
                          maximize=maximize)
@@ -290,9 +293,9 @@ def panel() -> list[PanelWorkload]:
         _quadratic("quadratic-stiff", "another spectrum: curvatures 1e-3…10, noise 10, 65,536 samples, 512 dims",
                    [16, 32, 64, 128, 256, 512, 1024, 2048], (1e-5, 1.0), 120,
                    samples=65536, dims=512, curvatures=(1e-3, 10.0), noise=10.0),
-        _valley("valley-linear-1%", ValleyTruth(alpha=1.0), noise=0.01, n_trials=96),
-        _valley("valley-sqrt-5%", ValleyTruth(alpha=0.5), noise=0.05, n_trials=96),
-        _valley("valley-0.75-15%", ValleyTruth(alpha=0.75), noise=0.15, n_trials=96),
+        valley("valley-linear-1%", ValleyTruth(alpha=1.0), noise=0.01, n_trials=96),
+        valley("valley-sqrt-5%", ValleyTruth(alpha=0.5), noise=0.05, n_trials=96),
+        valley("valley-0.75-15%", ValleyTruth(alpha=0.75), noise=0.15, n_trials=96),
         PanelWorkload("mlp-momentum", "real", "digits MLP (64 hidden), SGD with momentum 0.9, 20 epochs",
                       mlp_momentum, GridTruth("mlp-momentum", "loss"), MLP_SIZES, MLP_LR, 120),
         PanelWorkload("cnn-adam-loss", "real", f"digits CNN (16/32 channels, global pool), Adam, {CNN_EPOCHS} "
