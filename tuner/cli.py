@@ -1,6 +1,7 @@
 """The `tuner` command. Bad input exits with code 2 and one line on stderr, and writes nothing."""
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -148,22 +149,28 @@ def _show_search(report) -> None:
 @cli.command()
 @click.argument("study_name", metavar="STUDY")
 @storage_option
-def fit(study_name: str, storage: str | None) -> None:
+@click.option("--target", type=float, metavar="VALUE", callback=lambda ctx, param, value: _finite(value),
+              help="The metric the steps-to-target reading counts to (which batch size to use). Default: the "
+                   "best value at least three runs of every batch size reach.")
+def fit(study_name: str, storage: str | None, target: float | None) -> None:
     """Fit the optimal learning rate as a function of batch size from the trials of STUDY.
 
     Estimates the optimum at each batch size with an interval, fits the linear, square-root,
-    power-law, saturating and surge (rises, then falls) rules, compares them, and stores the result in the study (user
-    attribute lr_batch_fit, a note and a figure for optuna-dashboard). Re-fitting replaces them.
+    power-law, saturating and surge (rises, then falls) rules, compares them, and stores the
+    result in the study (user attribute lr_batch_fit, a note and a figure for optuna-dashboard).
+    From the learning curves it also reads the steps each batch size needs to reach a target and
+    the critical batch size past which a larger batch mostly burns samples. Re-fitting replaces them.
 
     \b
     Examples:
       tuner fit quadratic
+      tuner fit quadratic --target 1.5
       tuner fit digits-mlp-sgd --storage sqlite:///studies.db
     """
     from tuner.runner import fit_and_save
     from tuner.storage import load_study
 
-    _show_fit(fit_and_save(load_study(study_name, storage)))
+    _show_fit(fit_and_save(load_study(study_name, storage), target=target))
 
 
 @cli.command()
@@ -203,6 +210,12 @@ def verify(study_name: str, storage: str | None, batch_sizes: list[int] | None, 
     click.echo(plan.describe())
     result = verification.run(plan, quiet=quiet)
     click.echo("\n" + format_verification(result))
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 def _integers(value: str | None) -> list[int] | None:

@@ -144,10 +144,10 @@ def _run_workers(study: optuna.Study, url: str, workers: int, import_dirs: list[
                               f"(exit codes {sorted(set(codes))}); their errors are above")
 
 
-def fit_and_save(study: optuna.Study) -> FitResult:
+def fit_and_save(study: optuna.Study, target: float | None = None) -> FitResult:
     """`tuner fit`: fit the study and store the fit in it (replacing an earlier one, but for what
     `tuner verify` measured: that stays true of the learning rates it trained)."""
-    result = fit_study(study)
+    result = fit_study(study, target=target)
     previous = load_fit(study)
     if previous is not None and previous.verify is not None:
         result = result.with_verification(previous.verify)

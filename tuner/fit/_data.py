@@ -19,6 +19,15 @@ from tuner.trials import FINISHED, INFEASIBLE_ATTR, LR, SPEC_ATTR, Outcome, by_b
 
 
 @dataclass(frozen=True)
+class Curve:
+    """One trial's reports: the metric after each number of training samples seen (ascending)."""
+
+    x: float              # log lr
+    samples: np.ndarray
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
 class BatchTrials:
     """One batch size's finished trials; every ``x`` is the natural log of a learning rate."""
 
@@ -28,6 +37,7 @@ class BatchTrials:
     pruned_x: np.ndarray    # stopped by the pruner: did worse than the median, final value unknown
     diverged_x: np.ndarray  # NaN/inf: the optimum lies below each of these
     baseline: float | None = None  # the untrained model's metric: the median report at step 0, if any
+    curves: tuple[Curve, ...] = ()  # the learning curves of the complete and pruned trials
 
     @property
     def n_trials(self) -> int:
@@ -50,12 +60,18 @@ class _Group:
     pruned_x: list[float] = field(default_factory=list)
     diverged_x: list[float] = field(default_factory=list)
     untrained: list[float] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
 
     def add(self, trial: FrozenTrial, x: float) -> None:
         start = trial.intermediate_values.get(0)
         if start is not None and math.isfinite(start):
             self.untrained.append(start)
         outcome = outcome_of(trial)
+        if outcome in (Outcome.COMPLETE, Outcome.PRUNED) and trial.intermediate_values:
+            reports = sorted((s, v) for s, v in trial.intermediate_values.items() if math.isfinite(v))
+            if reports:
+                samples, values = zip(*reports)
+                self.curves.append(Curve(x, np.asarray(samples, dtype=float), np.asarray(values, dtype=float)))
         if outcome == Outcome.COMPLETE:
             self.x.append(x)
             self.value.append(trial.value)
@@ -67,7 +83,8 @@ class _Group:
     def freeze(self, batch_size: int) -> BatchTrials:
         baseline = float(np.median(self.untrained)) if self.untrained else None
         return BatchTrials(batch_size, *(np.asarray(v, dtype=float) for v in
-                                         (self.x, self.value, self.pruned_x, self.diverged_x)), baseline)
+                                         (self.x, self.value, self.pruned_x, self.diverged_x)), baseline,
+                           tuple(self.curves))
 
 
 def batch_trials(trials: Iterable[FrozenTrial], batch_size: int | None = None, param: str = LR) -> BatchTrials:

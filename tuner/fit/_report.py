@@ -28,6 +28,8 @@ def format_fit(result: FitResult) -> str:
     lines += ["", ("How much worse the metric ends following each rule than at each batch size's optimum, "
                    "in the metric's units ('-': not measured there; 'diverges': a learning rate that diverged):")]
     lines += _aligned(_cost_rows(result))
+    if result.critical is not None:
+        lines += ["", _critical_title(result) + ":"] + _aligned(_critical_rows(result))
     if result.verify is not None:
         lines += ["", VERIFY_TITLE + ":"] + _aligned(_verify_rows(result))
     if result.warnings:
@@ -85,6 +87,8 @@ def _sections(result: FitResult, heading: str) -> list[str]:
              "which the rule, fitted without a batch size, misses its optimum.\n\n" + _table(_rule_rows(result)),
              f"{heading} Cost of following each rule\nHow much worse the metric ends at each batch size than at "
              "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
+    if result.critical is not None:
+        parts.append(f"{heading} {_critical_title(result)}\n{CRITICAL_NOTE}\n\n" + _table(_critical_rows(result)))
     if result.verify is not None:
         parts.append(f"{heading} Verified at held-out batch sizes\n{VERIFY_NOTE}\n\n" + _table(_verify_rows(result)))
     if result.warnings:
@@ -96,6 +100,31 @@ VERIFY_TITLE = "Verified at held-out batch sizes (mean over seeds ± standard er
 VERIFY_NOTE = ("Measured by `tuner verify` at batch sizes the study never searched, every learning rate with the "
                "same seeds and no pruning; the regret is how much worse the metric ends than at the best learning "
                "rate measured there (paired over seeds).")
+
+
+CRITICAL_NOTE = ("Read off the learning curves: the fewest steps any run of each batch size took to reach the "
+                 "target (95% interval: a bootstrap over its runs), and the fit S(B) = S_min (1 + B_crit / B). "
+                 "Well below the critical batch size, doubling the batch halves the steps; past it, a larger "
+                 "batch mostly costs more samples.")
+
+
+def _critical_title(result: FitResult) -> str:
+    critical = result.critical
+    which = "the best value at least three runs of every batch size reach" if critical.default_target else "given"
+    return f"Steps to reach {critical.target:.4g} ({which})"
+
+
+def _critical_rows(result: FitResult) -> list[list[str]]:
+    critical = result.critical
+    rows = [["batch", "steps", "interval", "samples", "fitted steps", "runs read"]]
+    for r in critical.batches:
+        fitted = f"{critical.steps_at(r.batch_size):,.0f}" if critical.b_crit is not None else "-"
+        if not r.reached:
+            rows.append([str(r.batch_size), "not reached", "-", "-", fitted, str(r.n_curves)])
+            continue
+        rows.append([str(r.batch_size), f"{r.steps:,.0f}", f"{r.steps_ci[0]:,.0f} – {r.steps_ci[1]:,.0f}",
+                     f"{r.samples:,.0f}", fitted, str(r.n_curves)])
+    return rows
 
 
 def _verify_rows(result: FitResult) -> list[list[str]]:

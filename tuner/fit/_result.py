@@ -11,6 +11,7 @@ import optuna
 from pydantic import Field, computed_field, model_serializer, model_validator
 
 from tuner.errors import InputError
+from tuner.fit._critical import CriticalBatch, describe, estimate_critical
 from tuner.fit._data import read_study
 from tuner.fit._model import Frozen, Real
 from tuner.fit._optimum import (
@@ -69,6 +70,7 @@ class FitResult(Frozen):
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: str = Field("", alias="tuner_version")
     verify: Verification | None = None  # what `tuner verify` measured at held-out batch sizes
+    critical: CriticalBatch | None = None  # steps and samples to a target, the critical batch size
 
     def with_verification(self, verification: Verification) -> FitResult:
         """This fit with ``verification`` stored, its sentence ending the verdict (an earlier one's replaced)."""
@@ -108,11 +110,12 @@ class FitResult(Frozen):
 
     @model_serializer(mode="wrap")
     def _stored_form(self, handler) -> dict:
-        """As stored: no ``verify`` key until `tuner verify` has run (a fit stored before it, read
-        and written again, stays byte-for-byte the same)."""
+        """As stored: no ``verify`` key until `tuner verify` has run, no ``critical`` key without
+        learning curves (a fit stored before them, read and written again, stays byte-for-byte the same)."""
         data = handler(self)
-        if data.get("verify") is None:
-            data.pop("verify", None)
+        for key in ("verify", "critical"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     def to_dict(self) -> dict:
@@ -131,7 +134,8 @@ class FitResult(Frozen):
         return data
 
 
-def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, seed: int = 0) -> FitResult:
+def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, seed: int = 0,
+              target: float | None = None) -> FitResult:
     """Learn the optimal LR at every batch size of ``study`` and the rule that connects them.
 
     Args:
@@ -140,6 +144,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         reference_batch_size: the batch size the linear and square-root rules are scaled from in the
             verdict and figure; default: the measured batch size nearest the geometric middle.
         seed: seeds the bootstrap, so that fitting the same trials twice gives the same result.
+        target: the metric the steps-to-target reading (``critical``) counts to; default: the best
+            value every batch size reaches.
 
     Raises:
         InputError: the study cannot be fitted (one objective needed, and an optimum inside the
@@ -150,6 +156,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     if len(study.directions) != 1:
         raise InputError(f"study '{study.study_name}' has {len(study.directions)} objectives; "
                          "a fit needs exactly one metric")
+    if target is not None and not math.isfinite(target):
+        raise InputError(f"target must be a finite number, got {target}")
     data = read_study(study)
     rng = np.random.default_rng(seed)
     optima = estimate_optima(data.batches, data.maximize, data.lr_range, rng)
@@ -163,10 +171,13 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     fits = fit_rules(_optima(usable), reference.batch_size)
     rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
+    critical = estimate_critical(data.batches, optima, data.maximize, target, rng)
+    verdict = " ".join(p for p in (write_verdict(rules, recommended, optima, reference),
+                                   describe(critical, rules[SATURATING])) if p)
     return FitResult(
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
         optima=optima, rules=rules, recommended=recommended, reference_batch_size=reference.batch_size,
-        verdict=write_verdict(rules, recommended, optima, reference),
+        verdict=verdict, critical=critical,
         warnings=(warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima)
                   + costly_warnings(rules, recommended, optima)),
         lr_range=data.lr_range, version=__version__)

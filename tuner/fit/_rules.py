@@ -218,10 +218,10 @@ def _fit_symmetric(name: str, log_b: np.ndarray, y: np.ndarray, sigma: np.ndarra
     if name == POWER:
         design = np.stack([np.ones_like(log_b), log_b - log_ref], axis=1) / sigma[:, None]
         return np.linalg.lstsq(design, y / sigma, rcond=None)[0]
-    return _fit_bend(name, log_b, y, sigma)
+    return fit_bend(name, log_b, y, sigma)
 
 
-def _fit_bend(name: str, log_b, y, sigma) -> np.ndarray:
+def fit_bend(name: str, log_b, y, sigma) -> np.ndarray:
     """A rule with a bend, by least squares started from the best point of its profile."""
     grid, chi2 = bend_profile(name, log_b, y, sigma)
     start = grid[np.argmin(chi2)]
@@ -259,8 +259,8 @@ def fit_rules(data: Optima, reference: int) -> dict[str, dict]:
     fields of ``Rule`` that do not depend on the batch sizes left out of the fit)."""
     log_ref = math.log(reference)
     intervals = {POWER: {"alpha_ci": _alpha_interval(data.log_b, data.y, data.sigma)},
-                 SATURATING: {"b_noise_ci": _bend_interval(SATURATING, data.log_b, data.y, data.sigma)},
-                 SURGE: {"b_peak_ci": _bend_interval(SURGE, data.log_b, data.y, data.sigma)}}
+                 SATURATING: {"b_noise_ci": bend_interval(SATURATING, data.log_b, data.y, data.sigma)},
+                 SURGE: {"b_peak_ci": bend_interval(SURGE, data.log_b, data.y, data.sigma)}}
     rules = {}
     for name in RULE_NAMES:
         # compared where each rule fits the optima best (its likelihood's maximum), not at the
@@ -309,7 +309,7 @@ def _alpha_interval(log_b, y, sigma) -> list[float]:
     return [float(alpha - half), float(alpha + half)]
 
 
-def _bend_interval(name: str, log_b, y, sigma) -> list[float | None]:
+def bend_interval(name: str, log_b, y, sigma) -> list[float | None]:
     """95% profile interval of a rule's bend (B_noise, B_peak); an end is None where the data cannot
     bound it (the interval reaches BEND_REACH beyond the batch sizes measured)."""
     grid, chi2 = bend_profile(name, log_b, y, sigma)

@@ -270,15 +270,15 @@ def alpha_interval(rule: Rule) -> str:
 
 def b_noise_interval(rule: Rule) -> str:
     """The saturating rule's 95% interval of B_noise, as the verdict and the rule table say it."""
-    return _interval(rule.b_noise_ci)
+    return interval_text(rule.b_noise_ci)
 
 
 def b_peak_interval(rule: Rule) -> str:
     """The surge rule's 95% interval of B_peak, as the verdict and the rule table say it."""
-    return _interval(rule.b_peak_ci)
+    return interval_text(rule.b_peak_ci)
 
 
-def _interval(ends: tuple[float | None, float | None]) -> str:
+def interval_text(ends: tuple[float | None, float | None]) -> str:
     low, high = ends
     return f"95% CI {f'{low:.3g}' if low else '0'} to {f'{high:.3g}' if high else '∞'}"
 

@@ -104,6 +104,28 @@ def _optimal_lr(batch_size: int, o: Options) -> float:
                                     options={"xatol": 1e-12}).x)
 
 
+def steps_to_target(target: float, batch_size: int, **options) -> float:
+    """The fewest SGD steps after which the expected loss can be at or below ``target`` at this batch
+    size (the learning rate tuned for it, as Shallue et al. 2019 count), interpolated between whole
+    steps on log steps; inf where even the budget's last step cannot reach it."""
+    o = Options(**options)
+
+    def best_loss(steps: int) -> float:
+        settings = {**o.model_dump(), "samples": steps * batch_size}
+        return expected_loss(optimal_lr(batch_size, **settings), batch_size, **settings)
+
+    low, high = 1, o.samples // batch_size
+    if best_loss(high) > target:
+        return math.inf
+    if best_loss(low) <= target:
+        return float(low)
+    while high - low > 1:  # best_loss falls with every step: bisect for the first step that reaches it
+        middle = (low + high) // 2
+        low, high = (low, middle) if best_loss(middle) <= target else (middle, high)
+    before, after = best_loss(low), best_loss(high)
+    return math.exp(math.log(low) + (before - target) / (before - after) * math.log(high / low))
+
+
 def train(run) -> float:
     """Run SGD on the noisy quadratic at run.lr and run.batch_size; report the loss as it goes."""
     o = Options(**run.options)

@@ -1,0 +1,165 @@
+"""Which batch size to use: the steps and samples each batch size needs to reach a target metric, and
+the critical batch size past which a larger batch mostly burns samples (McCandlish et al. 2018;
+Shallue et al. 2019 measured the same bend on 35 workloads).
+
+Per batch size, the learning curves of its trials (complete, and pruned up to where they stopped) are
+read where they first reach the target, interpolated between reports (the metric linear in log
+samples; reports every few percent of the run make this exact to a few percent). The batch size
+needs the fewest steps any of them took: the learning rate tuned for this target among those the
+search tried, as Shallue et al. count (the learning rate best for the final metric reaches an
+earlier target later: ×1.4 the steps on the noisy quadratic). A bootstrap over the curves gives its
+interval. The default target is the best value that at least REACHING runs of every batch size
+reach, so that each reading rests on several curves.
+
+Across batch sizes the steps follow S(B) = S_min (1 + B_crit / B) and the samples E(B) = S(B) B =
+E_min (1 + B / B_crit), with B_crit = E_min / S_min: well below B_crit, doubling the batch halves the
+steps; at B_crit it saves a quarter of them, and less beyond. 1 / S(B) has the saturating rule's shape,
+so it is fitted, with its interval, by the same profile (``tuner.fit._rules``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.fit._data import BatchTrials, Curve
+from tuner.fit._model import Frozen
+from tuner.fit._optimum import BatchOptimum
+from tuner.fit._rules import SATURATING, Rule, bend_interval, fit_bend
+from tuner.fit._verdict import b_noise_interval, format_batch_size, interval_text
+
+REACHING = 3         # the default target: every batch size has at least this many runs that reach it
+MIN_READINGS = 3     # batch sizes that reach the target, for a curve with two parameters and a check
+STEPS_FLOOR = 0.05   # no batch size's log steps is known better than this (reports are discrete)
+N_BOOTSTRAP = 200
+
+
+class BatchSteps(Frozen):
+    """What one batch size needs to reach the target: training samples and optimizer steps (the
+    fewest any learning rate near its optimum took; None where none reached it), with a 95% interval."""
+
+    batch_size: int
+    reached: bool
+    samples: float | None = None
+    steps: float | None = None
+    steps_ci: tuple[float, float] | None = None
+    n_curves: int = 0       # learning curves read
+
+
+class CriticalBatch(Frozen):
+    """Steps and samples to a target across batch sizes, and the critical batch size they imply."""
+
+    target: float
+    default_target: bool    # the target every batch size reaches (else the user's)
+    batches: tuple[BatchSteps, ...]
+    s_min: float | None = None       # fewest steps, at an infinite batch
+    e_min: float | None = None       # fewest samples, at a batch of one
+    b_crit: float | None = None      # E_min / S_min
+    b_crit_ci: tuple[float | None, float | None] | None = None  # 95%; None: unbounded
+
+    def steps_at(self, batch_size: float) -> float:
+        """Steps the fitted curve S(B) = S_min (1 + B_crit / B) needs at ``batch_size``."""
+        return self.s_min * (1.0 + self.b_crit / batch_size)
+
+
+def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], maximize: bool,
+                      target: float | None, rng: np.random.Generator) -> CriticalBatch | None:
+    """Steps to ``target`` (None: the best value every batch size reaches) at each batch size whose
+    optimum the rules use, and the critical batch size; None where no learning curves were reported."""
+    sign = -1.0 if maximize else 1.0  # lower is better after multiplying by sign
+    curves = {o.batch_size: b.curves for b, o in zip(batches, optima) if o.usable and b.curves}
+    if not curves:
+        return None
+    default = target is None
+    if default:
+        target = sign * max(_reached_by_several(c, sign) for c in curves.values())
+    readings = [_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())]
+    return CriticalBatch(target=target, default_target=default, batches=readings, **_fit(readings))
+
+
+def _reached_by_several(curves: tuple[Curve, ...], sign: float) -> float:
+    """The best value (sign-flipped: lower is better) that REACHING of the curves reach (all of
+    them, where there are fewer)."""
+    lowest = sorted(float(np.min(sign * c.value)) for c in curves)
+    return lowest[min(REACHING, len(lowest)) - 1]
+
+
+def _steps(batch_size: int, curves: tuple[Curve, ...], goal: float, sign: float, rng) -> BatchSteps:
+    """The fewest samples any of ``curves`` took to reach ``goal`` (in sign-flipped units), and a
+    bootstrap interval of that fewest over the curves."""
+    samples = np.array([_first_reach(c, goal, sign) for c in curves])
+    if not np.isfinite(samples).any():
+        return BatchSteps(batch_size=batch_size, reached=False, n_curves=len(curves))
+    draws = samples[rng.integers(0, len(samples), size=(N_BOOTSTRAP, len(samples)))].min(axis=1)
+    draws = draws[np.isfinite(draws)]  # a draw of only curves that never reach it says nothing of the fewest
+    fewest = float(samples.min())
+    low, high = np.percentile(draws, [2.5, 97.5]) if len(draws) else (fewest, fewest)
+    return BatchSteps(batch_size=batch_size, reached=True, samples=fewest, steps=fewest / batch_size,
+                      steps_ci=(float(low) / batch_size, float(high) / batch_size), n_curves=len(curves))
+
+
+def _first_reach(curve: Curve, goal: float, sign: float) -> float:
+    """Samples seen when the curve first reaches ``goal``, between the reports either side of it
+    (linear in log samples); inf where it never does."""
+    value = sign * curve.value
+    reached = np.flatnonzero(value <= goal)
+    if not len(reached):
+        return math.inf
+    k = int(reached[0])
+    if k == 0 or curve.samples[k - 1] <= 0:
+        return float(curve.samples[k])
+    (s0, s1), (v0, v1) = np.log(curve.samples[k - 1:k + 1]), value[k - 1:k + 1]
+    share = (v0 - goal) / (v0 - v1) if v0 > v1 else 1.0
+    return float(math.exp(s0 + share * (s1 - s0)))
+
+
+def _fit(readings: list[BatchSteps]) -> dict:
+    """S_min, E_min and B_crit (with its 95% interval) from the batch sizes that reached the target."""
+    reached = [r for r in readings if r.reached]
+    if len(reached) < MIN_READINGS:
+        return {}
+    log_b = np.log([r.batch_size for r in reached])
+    y = -np.log([r.steps for r in reached])  # -log S = -log S_min - log(1 + B_crit / B): the saturating shape
+    sigma = np.maximum([math.log(r.steps_ci[1] / r.steps_ci[0]) / (2 * 1.96) for r in reached], STEPS_FLOOR)
+    level, log_b_crit = fit_bend(SATURATING, log_b, y, sigma)
+    s_min, b_crit = math.exp(-level), math.exp(log_b_crit)
+    return {"s_min": s_min, "e_min": s_min * b_crit, "b_crit": b_crit,
+            "b_crit_ci": tuple(bend_interval(SATURATING, log_b, y, sigma))}
+
+
+def describe(critical: CriticalBatch | None, saturating: Rule) -> str:
+    """The verdict's sentences on which batch size to use: steps and samples to the target at the
+    smallest and largest batch size that reach it, the critical batch size and whether the learning
+    rates' B_noise agrees, and the batch sizes that never reach the target."""
+    if critical is None:
+        return ""
+    reached = [r for r in critical.batches if r.reached]
+    missed = [str(r.batch_size) for r in critical.batches if not r.reached]
+    parts = []
+    if len(reached) >= 2:
+        small, large = reached[0], reached[-1]
+        parts.append(f"To reach {critical.target:.3g} in the metric: B={small.batch_size} needs {small.steps:,.0f} "
+                     f"steps, B={large.batch_size} needs {large.steps:,.0f} ({small.steps / large.steps:.1f}× fewer "
+                     f"steps for {large.samples / small.samples:.1f}× the samples).")
+    if critical.b_crit is not None:
+        b_crit = format_batch_size(critical.b_crit)
+        parts.append(f"Critical batch size ≈ {b_crit} ({interval_text(critical.b_crit_ci)}): well below it "
+                     "doubling the batch nearly halves the steps; past it, doubling saves less than a quarter "
+                     f"of them. {_agreement(critical, saturating)}")
+    elif reached:
+        parts.append(f"Only {len(reached)} batch size{'s' * (len(reached) != 1)} reach it, too few for a critical "
+                     "batch size: train longer (a larger budget) or choose an easier target (`tuner fit --target`).")
+    if missed:
+        parts.append(f"B={', '.join(missed)} never reach{'es' * (len(missed) == 1)} it within the budget.")
+    return " ".join(parts)
+
+
+def _agreement(critical: CriticalBatch, saturating: Rule) -> str:
+    """Whether the learning rates' B_noise (the saturating rule) says the same as the steps."""
+    b_noise, (low, high) = saturating.b_noise, saturating.b_noise_ci
+    factor = max(b_noise / critical.b_crit, critical.b_crit / b_noise)
+    c_low, c_high = critical.b_crit_ci
+    overlap = (high is None or c_low is None or c_low <= high) and (low is None or c_high is None or low <= c_high)
+    verb = "agrees" if factor <= 2.0 or overlap else f"differs by ×{factor:.1f}"
+    return (f"The learning rates' saturating rule puts B_noise at {format_batch_size(b_noise)} "
+            f"({b_noise_interval(saturating)}): it {verb}.")
