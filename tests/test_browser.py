@@ -82,6 +82,21 @@ def test_the_study_page_shows_the_lr_batch_figure(page, dashboard, fit):
     screenshot(figure, "dashboard-figure.png")
 
 
+def test_the_study_page_shows_steps_against_samples_to_the_target(page, dashboard, fit):
+    page.goto(f"{dashboard.url}/dashboard/studies/{dashboard.study_id()}")
+    figure = page.locator(".js-plotly-plot", has_text="Steps vs samples to reach")
+    figure.locator(".scatterlayer .trace").first.wait_for()
+    text = figure.text_content()
+    assert "optimizer steps to the target" in text and "training samples to the target" in text  # axis titles
+    reached = [r for r in fit["critical"]["batches"] if r["reached"]]
+    assert all(f"B={r['batch_size']}" in text for r in reached)  # each batch size's point is labelled
+    assert f"B_crit≈{fit['critical']['b_crit']:.3g}" in text
+    # one marker per batch size that reached the target, and one for the critical batch size
+    assert figure.locator(".scatterlayer .trace .points path").count() == len(reached) + 1
+    figure.scroll_into_view_if_needed()
+    screenshot(figure, "dashboard-critical-figure.png")
+
+
 def test_the_figure_axes_frame_the_measured_batch_sizes(page, dashboard, fit):
     figure = open_figure(page, dashboard, fit)
     low, high = figure.evaluate("el => el._fullLayout.xaxis.range")  # log10 units on a log axis

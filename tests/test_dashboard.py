@@ -19,6 +19,7 @@ from dashboard_server import (
 pytest_plugins = ["dashboard_server"]  # fixtures: fitted_storage, dashboard
 
 FIGURE_ID = "lr-batch-fit"
+CRITICAL_FIGURE_ID = "lr-batch-critical"
 MAX_ATTR_LENGTH = 1024  # optuna-dashboard's REST API cuts a non-string user attribute's JSON to this
 
 
@@ -45,7 +46,7 @@ def test_the_api_serves_the_fit_as_note_user_attribute_and_figure(dashboard, fit
     rule = load_study(fitted_storage).user_attrs["lr_batch_rule"]
     assert attrs["lr_batch_rule"] == rule and rule.startswith("lr = ") and fit["recommended"] in rule
 
-    assert list(figures(study)) == [FIGURE_ID]
+    assert sorted(figures(study)) == sorted([FIGURE_ID, CRITICAL_FIGURE_ID])
     figure = figures(study)[FIGURE_ID]
     assert figure["layout"]["title"]["text"] == f"Optimal learning rate vs batch size: {STUDY_NAME}"
     assert figure["layout"]["xaxis"]["type"] == figure["layout"]["yaxis"]["type"] == "log"
@@ -53,6 +54,16 @@ def test_the_api_serves_the_fit_as_note_user_attribute_and_figure(dashboard, fit
     assert sorted(b for t in optima for b in t["x"]) == [o["batch_size"] for o in fit["optimal_lr"]
                                                          if o["lr"] is not None]
     assert any(t["name"].startswith(f"{fit['recommended']} (recommended)") for t in figure["data"])
+
+
+def test_the_api_serves_the_steps_against_samples_figure(dashboard, fitted_storage):
+    critical = load_study(fitted_storage).user_attrs["lr_batch_fit"]["critical"]
+    figure = figures(dashboard.study())[CRITICAL_FIGURE_ID]
+    assert figure["layout"]["title"]["text"] == f"Steps vs samples to reach {critical['target']:.4g}: {STUDY_NAME}"
+    points = next(t for t in figure["data"] if t["name"].startswith("per batch size"))
+    reached = [r for r in critical["batches"] if r["reached"]]
+    assert points["x"] == [r["steps"] for r in reached] and points["text"] == [f"B={r['batch_size']}" for r in reached]
+    assert any(t["name"].startswith("critical batch size B≈") for t in figure["data"])
 
 
 def test_the_server_says_where_it_listens(dashboard):
@@ -69,7 +80,7 @@ def test_a_refit_replaces_note_and_figure_while_the_server_runs(fitted_storage, 
         assert p.returncode == 0, p.stderr
         study = server.study()
         fit = load_study(storage).user_attrs["lr_batch_fit"]
-        assert list(figures(study)) == [FIGURE_ID]
+        assert sorted(figures(study)) == sorted([FIGURE_ID, CRITICAL_FIGURE_ID])
         assert fit["verdict"] in study["note"]["body"]
         assert study["note"]["body"].count("## Learning rate × batch size") == 1
     finally:

@@ -22,9 +22,10 @@ from tuner.fit._optimum import BatchOptimum
 from tuner.fit._report import format_fit, to_markdown, to_report
 from tuner.fit._result import FitResult, fit_study
 from tuner.fit._rules import RULE_NAMES, Rule
-from tuner.fit._save import FIGURE_ID, FIT_ATTR, load_fit, save_fit
+from tuner.fit._save import CRITICAL_FIGURE_ID, FIGURE_ID, FIT_ATTR, load_fit, save_fit
 
 __all__ = [
+           "CRITICAL_FIGURE_ID",
            "FIGURE_ID",
            "FIT_ATTR",
            "RULE_NAMES",

@@ -1,6 +1,7 @@
 """The fit's figure, defined once (``figure_series``) and drawn two ways: with plotly for
 optuna-dashboard (``make_figure``) and with matplotlib as the PNG beside an exported report
-(``save_png``: no browser, no display)."""
+(``save_png``: no browser, no display); and the second figure, steps against samples to a target
+(``make_critical_figure``, for optuna-dashboard)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -193,4 +194,43 @@ def png_figure(result: FitResult):
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "no complete", "best")))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
               bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
+    return figure
+
+
+def make_critical_figure(result: FitResult):
+    """Steps against samples to the target, one point per batch size (with the 95% interval of its
+    steps), and the fitted trade-off S(B) = S_min (1 + B_crit/B), E(B) = E_min (1 + B/B_crit), with
+    its two limits and the critical batch size marked; None without a reading."""
+    import plotly.graph_objects as go
+
+    critical = result.critical
+    reached = [r for r in critical.batches if r.reached] if critical is not None else []
+    if not reached:
+        return None
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(
+        x=[r.steps for r in reached], y=[r.samples for r in reached], mode="markers+text",
+        name="per batch size (95% interval of steps)",
+        text=[f"B={r.batch_size}" for r in reached], textposition="top right",
+        marker={"size": 9, "color": "black"},
+        error_x={"type": "data", "symmetric": False, "array": [r.steps_ci[1] - r.steps for r in reached],
+                 "arrayminus": [r.steps - r.steps_ci[0] for r in reached]},
+        hovertemplate="%{text}: %{x:,.0f} steps, %{y:,.0f} samples<extra></extra>"))
+    if critical.b_crit is not None:
+        sizes = np.geomspace(reached[0].batch_size / RANGE**2, reached[-1].batch_size * RANGE**2, 200)
+        fitted = critical.s_min * (1.0 + critical.b_crit / sizes)
+        figure.add_trace(go.Scatter(x=fitted, y=fitted * sizes, mode="lines", name="S(B) = S_min (1 + B_crit / B)",
+                                    line={"color": RULE_COLORS[SATURATING], "width": 2},
+                                    customdata=sizes, hovertemplate="B=%{customdata:.0f}<extra></extra>"))
+        figure.add_trace(go.Scatter(x=[2 * critical.s_min], y=[2 * critical.e_min], mode="markers+text",
+                                    name=f"critical batch size B≈{critical.b_crit:.3g}",
+                                    text=[f"B_crit≈{critical.b_crit:.3g}"], textposition="bottom right",
+                                    marker={"size": 11, "symbol": "diamond", "color": RULE_COLORS[SATURATING]}))
+        figure.add_vline(x=critical.s_min, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
+        figure.add_hline(y=critical.e_min, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
+    figure.update_layout(title=f"Steps vs samples to reach {critical.target:.4g}: {result.study}",
+                         template="plotly_white",
+                         xaxis={"type": "log", "title": "optimizer steps to the target"},
+                         yaxis={"type": "log", "title": "training samples to the target"},
+                         margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
     return figure

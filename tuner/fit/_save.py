@@ -1,6 +1,6 @@
 """Store a fit in its study, where every Optuna tool can read it and optuna-dashboard shows it.
 
-Re-fitting replaces them all: the user attributes, the study note and the figure (fixed id).
+Re-fitting replaces them all: the user attributes, the study note and the figures (fixed ids).
 """
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import json
 
 import optuna
 
-from tuner.fit._figure import make_figure
+from tuner.fit._figure import make_critical_figure, make_figure
 from tuner.fit._report import to_markdown
 from tuner.fit._result import FitResult
 from tuner.trials import FIT_ATTR, RULE_ATTR
 
 FIGURE_ID = "lr-batch-fit"
+CRITICAL_FIGURE_ID = "lr-batch-critical"  # steps against samples to a target
 
 
 def save_fit(study: optuna.Study, result: FitResult) -> None:
@@ -28,6 +29,9 @@ def save_fit(study: optuna.Study, result: FitResult) -> None:
     study.set_user_attr(RULE_ATTR, rule_line(result))
     save_note(study, to_markdown(result))
     save_plotly_graph_object(study, make_figure(result), graph_object_id=FIGURE_ID)
+    critical = make_critical_figure(result)
+    if critical is not None:
+        save_plotly_graph_object(study, critical, graph_object_id=CRITICAL_FIGURE_ID)
 
 
 def _unchanged(stored: dict | None, fitted: dict) -> bool:

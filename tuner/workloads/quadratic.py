@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,6 +34,9 @@ class Options(BaseModel):
     dims: int = Field(1024, gt=0, le=10**6, description="dimensions, curvatures log-spaced over `curvatures`")
     curvatures: tuple[PositiveFloat, PositiveFloat] = Field(
         (1e-3, 1.0), description="lowest and highest curvature (the spectrum is log-spaced between them)")
+    spectrum: Literal["geometric", "harmonic"] = Field(
+        "geometric", description="geometric: log-spaced over `curvatures`; harmonic: h_i = highest / i for "
+                                 "i = 1…dims (Zhang et al. 2019's h_i = 1/i; the lowest curvature is ignored)")
     noise: float = Field(1.0, ge=0, description="gradient-noise variance per sample, relative to curvature")
     reports: int = Field(8, gt=0, le=10**4, description="evenly spaced reports per run")
     noisy: bool = Field(True, description="false: report the expected loss (no sampling noise)")
@@ -59,7 +63,10 @@ def check_batch_sizes(options: dict, batch_sizes: list[int]) -> None:
 
 @lru_cache(maxsize=32)
 def _problem(o: Options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    curvature = np.geomspace(*o.curvatures, o.dims)
+    if o.spectrum == "harmonic":
+        curvature = o.curvatures[1] / np.arange(1, o.dims + 1)
+    else:
+        curvature = np.geomspace(*o.curvatures, o.dims)
     return curvature, o.noise * curvature, np.ones(o.dims)
 
 
