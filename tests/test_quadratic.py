@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from tuner.workload import Run
-from tuner.workloads.quadratic import DIVERGENCE_FACTOR, Options, expected_loss, optimal_lr, train
+from tuner.workloads.quadratic import (
+    DIVERGENCE_FACTOR,
+    Options,
+    expected_loss,
+    optimal_lr,
+    steps_to_target,
+    train,
+)
 
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
 
@@ -38,6 +45,30 @@ def test_expected_loss_matches_a_step_by_step_simulation():
     for _ in range(o.samples // b):
         s = (1 - lr * h) ** 2 * s + lr * lr * o.noise * h / b
     assert expected_loss(lr, b, dims=16, samples=512) == pytest.approx(0.5 * np.sum(h * s), rel=1e-10)
+
+
+def test_the_harmonic_spectrum_is_zhang_et_al_s():
+    # h_i = 1/i, noise variance proportional to the curvature: the expectation recursion, step by step
+    dims, samples, lr, b = 50, 640, 0.7, 16
+    h = 1.0 / np.arange(1, dims + 1)
+    s = np.ones(dims)
+    for _ in range(samples // b):
+        s = (1 - lr * h) ** 2 * s + lr * lr * h / b
+    options = {"spectrum": "harmonic", "dims": dims, "samples": samples}
+    assert expected_loss(lr, b, **options) == pytest.approx(0.5 * np.sum(h * s), rel=1e-10)
+
+
+def test_steps_to_target_are_the_fewest_steps_any_learning_rate_needs():
+    target, b = 2.0, 32
+    steps = steps_to_target(target, b)
+    before, after = math.floor(steps), math.ceil(steps)
+    grid = np.exp(np.linspace(math.log(1e-3), math.log(1.99), 2001))
+
+    def best(n):
+        return min(expected_loss(lr, b, samples=n * b) for lr in grid)
+
+    assert best(after) <= target < best(before)  # reached at the next whole step, not at the one before
+    assert steps_to_target(target, 4096, samples=16384) == math.inf  # 4 steps cannot get there
 
 
 @pytest.mark.parametrize("batch_size", [8, 256])
