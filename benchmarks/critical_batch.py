@@ -9,8 +9,9 @@ search (120 trials over B = 8…1024, 32 reports per run) and ``tuner fit`` read
 target, the steps each batch size needs. The truth is ``quadratic.steps_to_target``: the fewest
 steps after which the expected loss reaches the target, the learning rate tuned for it; and
 B_crit = E_min / S_min, with S_min the steps of the full gradient (B = 2^20) and E_min the samples
-at B = 1. On the digits MLP (``studies/digits-mlp-sgd.toml`` with 32 reports per run) there is no
-closed form: B_crit and the learning rates' B_noise are shown side by side.
+at B = 1. On the digits MLP (``studies/digits-mlp-sgd.toml`` with 32 reports per run and the gradient
+noise scale measured, ``noise_scale = true``) there is no closed form: B_crit, the learning rates'
+B_noise and the measured B_simple are shown side by side.
 """
 from __future__ import annotations
 
@@ -59,11 +60,12 @@ def digits_row(seed: int) -> dict:
     from tuner.fit import fit_study
 
     spec = tomllib.loads((REPO / "studies" / "digits-mlp-sgd.toml").read_text())
-    fit = fit_study(_run({**spec["workload"], "evals": 32}, seed, spec["search"]["batch_sizes"],
+    fit = fit_study(_run({**spec["workload"], "evals": 32, "noise_scale": True}, seed, spec["search"]["batch_sizes"],
                          spec["search"]["lr"], spec["study"]["n_trials"]))
     saturating = fit.rules["saturating"]
     return {"workload": "digits-mlp-sgd", "seed": seed, "target": fit.critical.target, "b_crit": fit.critical.b_crit,
             "b_crit_ci": fit.critical.b_crit_ci, "b_noise": saturating.b_noise, "b_noise_ci": saturating.b_noise_ci,
+            "b_simple": fit.critical.b_simple, "b_simple_ci": fit.critical.b_simple_ci,
             "unreached": [r.batch_size for r in fit.critical.batches if not r.reached]}
 
 
@@ -120,10 +122,13 @@ def run(seeds: int = 5, digits: bool = True, command: str = "python -m benchmark
         start = time.perf_counter()
         row = digits_row(0)
         log(f"  critical: digits-mlp-sgd: {time.perf_counter() - start:.0f} s")
-        result.table("digits-mlp-sgd (no closed form): the critical batch size from steps and from learning rates",
-                     ["target", "B_crit (95% CI)", "B_noise (95% CI)", "batch sizes short of the target"],
+        result.table("digits-mlp-sgd (no closed form): the critical batch size from steps, from learning rates, "
+                     "and the gradient noise scale",
+                     ["target", "B_crit (95% CI)", "B_noise (95% CI)", "B_simple (95% CI)",
+                      "batch sizes short of the target"],
                      [[f"{row['target']:.3g}", f"{row['b_crit']:.0f} ({_interval(row['b_crit_ci'])})",
                        f"{row['b_noise']:.0f} ({_interval(row['b_noise_ci'])})",
+                       f"{row['b_simple']:.0f} ({_interval(row['b_simple_ci'])})",
                        ", ".join(map(str, row["unreached"])) or "none"]])
     result.goals = goals
     return result

@@ -10,11 +10,12 @@ import pytest
 from conftest import tuner
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages import InMemoryStorage
-from optuna.trial import create_trial
+from optuna.trial import TrialState, create_trial
 
 from tuner.fit import FitResult, fit_study, format_fit, to_markdown
 from tuner.runner import open_study, run_study
 from tuner.spec import parse_spec
+from tuner.trials import NOISE_SCALE
 from tuner.workload import load_workload
 from tuner.workloads import quadratic
 
@@ -127,3 +128,18 @@ def test_a_target_that_is_not_a_finite_number_is_one_line_and_exit_2(tmp_path, v
     p = tuner("fit", "nosuch", "--target", value, "--storage", store, cwd=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "--target" in p.stderr and f"must be a finite number, got {value}" in p.stderr
+
+
+def test_the_noise_scale_the_runs_measured_is_reported_beside_the_critical_batch_size(study):
+    # the runs' stored B_simple, as train_torch's noise_scale stores it: known values, so the median is known
+    copy = optuna.create_study()
+    for t in study.trials:
+        attrs = {**t.user_attrs, NOISE_SCALE: 50.0 + t.number % 7} if t.state == TrialState.COMPLETE else t.user_attrs
+        copy.add_trial(create_trial(state=t.state, value=t.value, params=t.params, distributions=t.distributions,
+                                    user_attrs=attrs, intermediate_values=t.intermediate_values))
+    result = fit_study(copy, target=TARGET)
+    critical = result.critical
+    assert 50.0 <= critical.b_simple <= 56.0 and critical.b_simple_ci[0] <= critical.b_simple <= critical.b_simple_ci[1]
+    assert critical.n_noise_scales >= 3 * len(SIZES)  # at least the three runs nearest each optimum
+    assert f"B_simple ≈ {critical.b_simple:.0f} (95% CI" in result.verdict
+    assert fit_study(study, target=TARGET).critical.b_simple is None  # runs that measured none

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tuner.errors import InputError
 from tuner.runner import open_study, run_study
 from tuner.spec import load_spec, parse_spec
-from tuner.trials import SAMPLES
+from tuner.trials import NOISE_SCALE, SAMPLES
 from tuner.workload import Run, TrialDiverged, load_workload
 from tuner.workloads import digits
 from tuner.workloads.trainer import train_torch
@@ -343,3 +343,43 @@ def test_the_shipped_charlm_study_file_loads():
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "charlm-adamw.toml")
     workload = load_workload(spec)
     assert workload.options["schedule"] == "cosine" and workload.options["optimizer"] == "adamw"
+
+
+# --- the gradient noise scale -------------------------------------------------------------------------------
+
+def test_the_noise_scale_matches_the_per_example_gradients_it_estimates():
+    """At a point that does not move (a learning rate of 1e-12), B_simple = tr(Σ) / |G|² of a linear
+    regression's per-example gradients, computed exactly over the training set, is what the
+    two-batch estimator converges to over many steps."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    n, d = 8192, 6
+    x = torch.randn(n, d)
+    y = x @ torch.linspace(-1, 1, d)[:, None] + 0.5 * torch.randn(n, 1) + 0.3
+    torch.manual_seed(3)
+    model = nn.Linear(d, 1)  # train_torch seeds with run.seed = 3 and builds the same one
+    residual = (model(x) - y).detach()  # per-example gradients of the squared error: 2 r (x, 1)
+    grads = 2 * residual * torch.cat([x, torch.ones(n, 1)], dim=1)
+    mean = grads.mean(dim=0)
+    truth = float(((grads - mean) ** 2).sum(dim=1).mean() / mean.pow(2).sum())
+
+    run = Run(lr=1e-12, batch_size=64, seed=3)
+    train_torch(run, lambda: nn.Linear(d, 1), (x, y), (x[:256], y[:256]), loss=nn.functional.mse_loss,
+                steps=4000, noise_scale=True)
+    assert run.noise_scale == pytest.approx(truth, rel=0.10), (run.noise_scale, truth)
+
+
+def test_a_study_with_noise_scale_on_stores_it_on_every_trial_it_measured():
+    spec = parse_spec({"study": {"name": "gns", "n_trials": 9, "seed": 0},
+                       "search": {"lr": [0.03, 3.0], "batch_sizes": [16, 64, 256], "pruner": "none"},
+                       "workload": {"target": "digits-mlp", "epochs": 3, "noise_scale": True}})
+    study = open_study(spec, optuna.storages.InMemoryStorage())
+    run_study(study, spec, load_workload(spec))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    measured = [t.user_attrs[NOISE_SCALE] for t in complete if NOISE_SCALE in t.user_attrs]
+    # a run whose averaged |G|² estimate is not positive (noise swamps it in 9 steps) stores none
+    assert len(complete) >= 6 and len(measured) >= len(complete) / 2 and all(v > 0 for v in measured)
+    run, _ = digits_run()
+    assert run.noise_scale is None  # off by default: nothing measured

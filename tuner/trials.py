@@ -45,6 +45,7 @@ BATCH_SIZE = "batch_size"
 LR = "lr"
 OUTCOME = "outcome"
 SAMPLES = "samples"
+NOISE_SCALE = "noise_scale"  # the gradient noise scale B_simple the run measured (train_torch's noise_scale)
 SEED = "seed"
 ERROR = "error"
 WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial (journal)

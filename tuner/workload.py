@@ -56,6 +56,7 @@ class Run:
         self.direction = direction  # the study's: whether the metric reported is minimized or maximized
         self.options = MappingProxyType(dict(options or {}))
         self.samples_seen = 0
+        self.noise_scale: float | None = None  # B_simple, where the workload measures it (train_torch's noise_scale)
         self.reports: list[tuple[int, float]] = []
         self._trial = trial
 
@@ -234,6 +235,8 @@ def _record(trial: optuna.Trial, run: Run, outcome: Outcome, error: str | None =
     trial.set_user_attr(trials.OUTCOME, outcome.value)
     trial.set_user_attr(trials.SEED, run.seed)
     trial.set_user_attr(trials.SAMPLES, run.samples_seen)
+    if run.noise_scale is not None:
+        trial.set_user_attr(trials.NOISE_SCALE, run.noise_scale)
     if error is not None:
         trial.set_user_attr(trials.ERROR, error)
 

@@ -15,6 +15,9 @@ Across batch sizes the steps follow S(B) = S_min (1 + B_crit / B) and the sample
 E_min (1 + B / B_crit), with B_crit = E_min / S_min: well below B_crit, doubling the batch halves the
 steps; at B_crit it saves a quarter of them, and less beyond. 1 / S(B) has the saturating rule's shape,
 so it is fitted, with its interval, by the same profile (``tuner.fit._rules``).
+
+Where the runs measured the gradient noise scale B_simple (``train_torch``'s ``noise_scale``), the
+median over the runs nearest each optimum is reported beside B_crit and B_noise.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from tuner.fit._rules import SATURATING, Rule, bend_interval, fit_bend
 from tuner.fit._verdict import b_noise_interval, format_batch_size, interval_text
 
 REACHING = 3         # the default target: every batch size has at least this many runs that reach it
+NEAREST = 3          # the gradient noise scale: at least the runs this near each optimum
 MIN_READINGS = 3     # batch sizes that reach the target, for a curve with two parameters and a check
 STEPS_FLOOR = 0.05   # no batch size's log steps is known better than this (reports are discrete)
 N_BOOTSTRAP = 200
@@ -56,6 +60,9 @@ class CriticalBatch(Frozen):
     e_min: float | None = None       # fewest samples, at a batch of one
     b_crit: float | None = None      # E_min / S_min
     b_crit_ci: tuple[float | None, float | None] | None = None  # 95%; None: unbounded
+    b_simple: float | None = None    # the gradient noise scale the runs near the optima measured (median)
+    b_simple_ci: tuple[float, float] | None = None  # 95%, a bootstrap over those runs
+    n_noise_scales: int = 0
 
     def steps_at(self, batch_size: float) -> float:
         """Steps the fitted curve S(B) = S_min (1 + B_crit / B) needs at ``batch_size``."""
@@ -74,7 +81,29 @@ def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], ma
     if default:
         target = sign * max(_reached_by_several(c, sign) for c in curves.values())
     readings = [_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())]
-    return CriticalBatch(target=target, default_target=default, batches=readings, **_fit(readings))
+    return CriticalBatch(target=target, default_target=default, batches=readings, **_fit(readings),
+                         **_noise_scale(batches, optima, rng))
+
+
+def _noise_scale(batches: list[BatchTrials], optima: list[BatchOptimum], rng) -> dict:
+    """B_simple as the runs nearest each batch size's optimum measured it (within its 95% interval, at
+    least the NEAREST nearest): their median, and a bootstrap interval of the median. The noise scale
+    changes as training goes, so runs far from the optimum (that trained less far) are left out."""
+    values = []
+    for batch, optimum in zip(batches, optima):
+        if not optimum.usable or not batch.noise_scales:
+            continue
+        centre = math.log(optimum.lr)
+        low, high = (math.log(v) for v in optimum.ci)
+        ranked = sorted(batch.noise_scales, key=lambda pair: abs(pair[0] - centre))
+        values += [v for i, (x, v) in enumerate(ranked) if i < NEAREST or low <= x <= high]
+    if not values:
+        return {}
+    values = np.array(values)
+    medians = np.median(values[rng.integers(0, len(values), size=(N_BOOTSTRAP, len(values)))], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return {"b_simple": float(np.median(values)), "b_simple_ci": (float(low), float(high)),
+            "n_noise_scales": len(values)}
 
 
 def _reached_by_several(curves: tuple[Curve, ...], sign: float) -> float:
@@ -151,6 +180,11 @@ def describe(critical: CriticalBatch | None, saturating: Rule) -> str:
                      "batch size: train longer (a larger budget) or choose an easier target (`tuner fit --target`).")
     if missed:
         parts.append(f"B={', '.join(missed)} never reach{'es' * (len(missed) == 1)} it within the budget.")
+    if critical.b_simple is not None:
+        low, high = critical.b_simple_ci
+        parts.append(f"The gradient noise scale the runs near the optima measured is B_simple ≈ "
+                     f"{format_batch_size(critical.b_simple)} (95% CI {low:.3g} to {high:.3g}, "
+                     f"{critical.n_noise_scales} runs).")
     return " ".join(parts)
 
 

@@ -15,7 +15,17 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from tuner.trials import FINISHED, INFEASIBLE_ATTR, LR, SPEC_ATTR, Outcome, by_batch_size, gc_paused, outcome_of
+from tuner.trials import (
+    FINISHED,
+    INFEASIBLE_ATTR,
+    LR,
+    NOISE_SCALE,
+    SPEC_ATTR,
+    Outcome,
+    by_batch_size,
+    gc_paused,
+    outcome_of,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class BatchTrials:
     diverged_x: np.ndarray  # NaN/inf: the optimum lies below each of these
     baseline: float | None = None  # the untrained model's metric: the median report at step 0, if any
     curves: tuple[Curve, ...] = ()  # the learning curves of the complete and pruned trials
+    noise_scales: tuple[tuple[float, float], ...] = ()  # (log lr, B_simple) of complete trials that measured it
 
     @property
     def n_trials(self) -> int:
@@ -61,6 +72,7 @@ class _Group:
     diverged_x: list[float] = field(default_factory=list)
     untrained: list[float] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
+    noise_scales: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, trial: FrozenTrial, x: float) -> None:
         start = trial.intermediate_values.get(0)
@@ -75,6 +87,9 @@ class _Group:
         if outcome == Outcome.COMPLETE:
             self.x.append(x)
             self.value.append(trial.value)
+            noise_scale = trial.user_attrs.get(NOISE_SCALE)
+            if isinstance(noise_scale, (int, float)) and noise_scale > 0:
+                self.noise_scales.append((x, float(noise_scale)))
         elif outcome == Outcome.DIVERGED:
             self.diverged_x.append(x)
         elif outcome == Outcome.PRUNED:
@@ -84,7 +99,7 @@ class _Group:
         baseline = float(np.median(self.untrained)) if self.untrained else None
         return BatchTrials(batch_size, *(np.asarray(v, dtype=float) for v in
                                          (self.x, self.value, self.pruned_x, self.diverged_x)), baseline,
-                           tuple(self.curves))
+                           tuple(self.curves), tuple(self.noise_scales))
 
 
 def batch_trials(trials: Iterable[FrozenTrial], batch_size: int | None = None, param: str = LR) -> BatchTrials:

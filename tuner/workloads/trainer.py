@@ -99,6 +99,10 @@ class TrainerOptions(BaseModel):
         None, description="Adam's (beta1, beta2) (default torch's: 0.9, 0.999)")
     eps: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Adam's epsilon (default torch's: 1e-8)")
+    noise_scale: bool = Field(
+        False, description="measure the gradient noise scale B_simple = tr(Σ)/|G|² over the second half of the "
+                           "run, from the gradients of each batch and of its first half (McCandlish et al. 2018, "
+                           "appendix A): about 1.5x the compute there; stored on the trial as noise_scale")
 
     # Field validators run only on values given, not on defaults: these catch contradictions.
     @field_validator("momentum")
@@ -181,11 +185,14 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
     functions = (loss,) if measure is loss else (loss, measure)  # the loss once, when it is the metric
     initial_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
     limit = DIVERGENCE_FACTOR * initial_loss if initial_loss > 0 else math.inf
+    gauge = NoiseScale(run.batch_size) if o.noise_scale and run.batch_size >= 2 else None
     run.report(0, value)  # the untrained model
     for step, batch in enumerate(_batches(len(inputs), run.batch_size, steps, shuffle), start=1):
         batch_loss = loss(net(inputs[batch]), targets[batch])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
+        if gauge is not None and step > steps // 2:  # before clipping: the gradient itself
+            gauge.add(net, loss, inputs[batch], targets[batch])
         if o.clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), o.clip)
         optimizer.step()
@@ -193,8 +200,42 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
         if step in eval_steps:  # the only points that wait for the device
             valid_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
             _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
+            if gauge is not None and gauge.value() is not None:
+                run.noise_scale = gauge.value()  # so far: a pruned run keeps what it measured
             run.report(step * run.batch_size, value)
     return value
+
+
+class NoiseScale:
+    """The simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, appendix A),
+    from the squared gradient norms of each batch (B samples) and of its first half (b): both have
+    expectation |G|² + tr(Σ) / size, solved for |G|² and tr(Σ), each averaged over the steps measured
+    before their ratio is taken (the ratio of one step's noisy estimates is biased). The half batch
+    runs forward in training mode (BatchNorm's running statistics see it too)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.big, self.small = batch_size, batch_size // 2
+        self.sum_big = self.sum_small = 0.0
+        self.steps = 0
+
+    def add(self, net: nn.Module, loss: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One step: the batch's gradient (already in ``.grad``) and its first half's."""
+        import torch
+
+        params = [p for p in net.parameters() if p.grad is not None]
+        half = torch.autograd.grad(loss(net(inputs[:self.small]), targets[:self.small]), params)
+        self.sum_big += float(sum(p.grad.pow(2).sum() for p in params))
+        self.sum_small += float(sum(g.pow(2).sum() for g in half))
+        self.steps += 1
+
+    def value(self) -> float | None:
+        """B_simple from the steps so far; None before any, or where noise swamps the estimate."""
+        if not self.steps:
+            return None
+        big, small = self.sum_big / self.steps, self.sum_small / self.steps
+        gradient = (self.big * big - self.small * small) / (self.big - self.small)
+        noise = (small - big) / (1 / self.small - 1 / self.big)
+        return noise / gradient if gradient > 0 and noise > 0 else None
 
 
 def _two(values: tuple[float, ...]) -> tuple[float, float]:
