@@ -13,6 +13,7 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState, create_trial
 
 from tuner.fit import FitResult, fit_study, format_fit, to_markdown
+from tuner.fit._figure import make_critical_figure
 from tuner.runner import open_study, run_study
 from tuner.spec import parse_spec
 from tuner.trials import NOISE_SCALE
@@ -88,6 +89,13 @@ def test_a_target_some_batch_sizes_never_reach_is_said_and_left_out_of_the_curve
     assert 512 in missed
     assert f"B={', '.join(map(str, missed))} never reach" in result.verdict
     assert "not reached" in format_fit(result)
+
+
+def test_a_target_reached_by_the_first_report_is_said_and_left_out_of_the_curve(study):
+    result = fit_study(study, target=1e9)  # far above the untrained model's loss
+    assert all(r.reached and r.early for r in result.critical.batches) and result.critical.b_crit is None
+    assert f"At B={', '.join(map(str, SIZES))} a run reaches it by its first report" in result.verdict
+    assert make_critical_figure(result) is None
 
 
 def test_a_maximized_metric_reads_the_same_steps_as_its_minimized_mirror(study):

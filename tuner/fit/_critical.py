@@ -40,7 +40,7 @@ N_BOOTSTRAP = 200
 
 class BatchSteps(Frozen):
     """What one batch size needs to reach the target: training samples and optimizer steps (the
-    fewest any learning rate near its optimum took; None where none reached it), with a 95% interval."""
+    fewest any of its runs took; None where none reached it), with a 95% interval."""
 
     batch_size: int
     reached: bool
@@ -48,6 +48,7 @@ class BatchSteps(Frozen):
     steps: float | None = None
     steps_ci: tuple[float, float] | None = None
     n_curves: int = 0       # learning curves read
+    early: bool = False     # a run reached it by its first report: when exactly, the reports do not say
 
 
 class CriticalBatch(Frozen):
@@ -63,6 +64,12 @@ class CriticalBatch(Frozen):
     b_simple: float | None = None    # the gradient noise scale the runs near the optima measured (median)
     b_simple_ci: tuple[float, float] | None = None  # 95%, a bootstrap over those runs
     n_noise_scales: int = 0
+
+    @property
+    def timed(self) -> list[BatchSteps]:
+        """The batch sizes whose runs reached the target between two reports: those that reached it by
+        their first report (or the untrained model already meets it) say only that it took no longer."""
+        return [r for r in self.batches if r.reached and not r.early]
 
     def steps_at(self, batch_size: float) -> float:
         """Steps the fitted curve S(B) = S_min (1 + B_crit / B) needs at ``batch_size``."""
@@ -80,9 +87,9 @@ def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], ma
     default = target is None
     if default:
         target = sign * max(_reached_by_several(c, sign) for c in curves.values())
-    readings = [_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())]
-    return CriticalBatch(target=target, default_target=default, batches=readings, **_fit(readings),
-                         **_noise_scale(batches, optima, rng))
+    readings = CriticalBatch(target=target, default_target=default,
+                             batches=[_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())])
+    return readings.model_copy(update={**_fit(readings.timed), **_noise_scale(batches, optima, rng)})
 
 
 def _noise_scale(batches: list[BatchTrials], optima: list[BatchOptimum], rng) -> dict:
@@ -119,12 +126,14 @@ def _steps(batch_size: int, curves: tuple[Curve, ...], goal: float, sign: float,
     samples = np.array([_first_reach(c, goal, sign) for c in curves])
     if not np.isfinite(samples).any():
         return BatchSteps(batch_size=batch_size, reached=False, n_curves=len(curves))
+    early = any(sign * c.value[0] <= goal for c in curves)  # by its first report: when, not known
     draws = samples[rng.integers(0, len(samples), size=(N_BOOTSTRAP, len(samples)))].min(axis=1)
     draws = draws[np.isfinite(draws)]  # a draw of only curves that never reach it says nothing of the fewest
     fewest = float(samples.min())
     low, high = np.percentile(draws, [2.5, 97.5]) if len(draws) else (fewest, fewest)
     return BatchSteps(batch_size=batch_size, reached=True, samples=fewest, steps=fewest / batch_size,
-                      steps_ci=(float(low) / batch_size, float(high) / batch_size), n_curves=len(curves))
+                      steps_ci=(float(low) / batch_size, float(high) / batch_size), n_curves=len(curves),
+                      early=early)
 
 
 def _first_reach(curve: Curve, goal: float, sign: float) -> float:
@@ -142,9 +151,8 @@ def _first_reach(curve: Curve, goal: float, sign: float) -> float:
     return float(math.exp(s0 + share * (s1 - s0)))
 
 
-def _fit(readings: list[BatchSteps]) -> dict:
+def _fit(reached: list[BatchSteps]) -> dict:
     """S_min, E_min and B_crit (with its 95% interval) from the batch sizes that reached the target."""
-    reached = [r for r in readings if r.reached]
     if len(reached) < MIN_READINGS:
         return {}
     log_b = np.log([r.batch_size for r in reached])
@@ -162,9 +170,10 @@ def describe(critical: CriticalBatch | None, saturating: Rule) -> str:
     rates' B_noise agrees, and the batch sizes that never reach the target."""
     if critical is None:
         return ""
-    reached = [r for r in critical.batches if r.reached]
+    reached = critical.timed
     missed = [str(r.batch_size) for r in critical.batches if not r.reached]
     parts = []
+    early = [str(r.batch_size) for r in critical.batches if r.early]
     if len(reached) >= 2:
         small, large = reached[0], reached[-1]
         parts.append(f"To reach {critical.target:.3g} in the metric: B={small.batch_size} needs {small.steps:,.0f} "
@@ -180,6 +189,10 @@ def describe(critical: CriticalBatch | None, saturating: Rule) -> str:
                      "batch size: train longer (a larger budget) or choose an easier target (`tuner fit --target`).")
     if missed:
         parts.append(f"B={', '.join(missed)} never reach{'es' * (len(missed) == 1)} it within the budget.")
+    if early:
+        parts.append(f"At B={', '.join(early)} a run reaches it by its first report, so when is not known "
+                     "(left out of the curve): report earlier, or choose a target training has to work for "
+                     "(`tuner fit --target`).")
     if critical.b_simple is not None:
         low, high = critical.b_simple_ci
         parts.append(f"The gradient noise scale the runs near the optima measured is B_simple ≈ "

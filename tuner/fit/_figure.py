@@ -204,7 +204,7 @@ def make_critical_figure(result: FitResult):
     import plotly.graph_objects as go
 
     critical = result.critical
-    reached = [r for r in critical.batches if r.reached] if critical is not None else []
+    reached = critical.timed if critical is not None else []
     if not reached:
         return None
     figure = go.Figure()

@@ -122,7 +122,8 @@ def _critical_rows(result: FitResult) -> list[list[str]]:
         if not r.reached:
             rows.append([str(r.batch_size), "not reached", "-", "-", fitted, str(r.n_curves)])
             continue
-        rows.append([str(r.batch_size), f"{r.steps:,.0f}", f"{r.steps_ci[0]:,.0f} – {r.steps_ci[1]:,.0f}",
+        steps = f"{'≤ ' * r.early}{r.steps:,.0f}"  # by the first report: no later, but when is not known
+        rows.append([str(r.batch_size), steps, f"{r.steps_ci[0]:,.0f} – {r.steps_ci[1]:,.0f}",
                      f"{r.samples:,.0f}", fitted, str(r.n_curves)])
     return rows
 
