@@ -273,7 +273,7 @@ def test_quadratic_optimum_and_saturating_rule_match_the_exact_optimum():
 def test_quadratic_verdict_says_where_linear_scaling_stops():
     result = fit_study(bench.run_spec(bench.quadratic_spec(seed=2)))
     assert result.recommended == "saturating"
-    assert "critical batch size" in result.verdict
+    assert f"the bend, B_noise, is at B≈{result.critical_batch_size:.0f} (95% CI" in result.verdict
     assert "not evidence for the square-root rule" in result.verdict
     linear_to, flat_from = result.to_dict()["linear_up_to"], result.to_dict()["flat_from"]
     assert linear_to < result.critical_batch_size < flat_from

@@ -107,7 +107,7 @@ def _saturation(rule: Rule, power: Rule, batch_sizes: list[int], power_is_rival:
     text = (f"Linear scaling holds (within ×{TOLERANCE:g}) up to B≈{format_batch_size(linear_to)}"
             f"{beyond if linear_to < batch_sizes[0] else ''}; from B≈{format_batch_size(flat_from)}"
             f"{beyond if flat_from > batch_sizes[-1] else ''} the optimum is flat at lr≈{rule.lr_max:.3g}; "
-            f"the critical batch size is B≈{format_batch_size(rule.b_noise)} ({b_noise_interval(rule)}).")
+            f"the bend, B_noise, is at B≈{format_batch_size(rule.b_noise)} ({b_noise_interval(rule)}).")
     alpha = power.alpha
     if 0.0 < alpha < 1.0 and not power_is_rival:
         text += (f" A single power law would give α={alpha:.2f} across B={batch_sizes[0]}…{batch_sizes[-1]}: "
@@ -155,7 +155,7 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
                  "need more parameters, and following it costs about as little.")
     floor = saturating.b_noise_ci[0]
     if recommended == LINEAR and floor is not None:
-        text += f" No saturation is seen: the critical batch size is above B≈{format_batch_size(floor)} (95%)."
+        text += f" No saturation is seen: B_noise is above B≈{format_batch_size(floor)} (95%)."
     return text
 
 
