@@ -10,7 +10,7 @@ import pytest
 from conftest import tuner
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages import InMemoryStorage
-from optuna.trial import TrialState, create_trial
+from optuna.trial import create_trial
 
 from tuner.fit import FitResult, fit_study, format_fit, to_markdown
 from tuner.fit._figure import make_critical_figure
@@ -138,11 +138,26 @@ def test_a_target_that_is_not_a_finite_number_is_one_line_and_exit_2(tmp_path, v
     assert "--target" in p.stderr and f"must be a finite number, got {value}" in p.stderr
 
 
-def test_the_noise_scale_the_runs_measured_is_reported_beside_the_critical_batch_size(study):
-    # the runs' stored B_simple, as train_torch's noise_scale stores it: known values, so the median is known
+def record(batch_size: int, samples: list[int], b_simple: float) -> dict:
+    """A noise scale record whose every window says ``b_simple``: |G|² = 1 and tr(Σ) = b_simple, so the
+    batch's squared norm averages 1 + b_simple / B and its half's 1 + b_simple / (B / 2)."""
+    half = batch_size // 2
+    return {"batch": batch_size, "half": half, "samples": samples, "big": [1 + b_simple / batch_size] * len(samples),
+            "small": [1 + b_simple / half] * len(samples), "steps": [4] * len(samples)}
+
+
+def test_the_noise_scale_where_the_runs_reach_the_target_is_reported_beside_the_critical_batch_size(study):
+    # runs whose records say a known B_simple: 50 up to the target's samples, 500 long after it (it
+    # grows as the loss falls): only the windows near where each run reaches the target count
     copy = optuna.create_study()
     for t in study.trials:
-        attrs = {**t.user_attrs, NOISE_SCALE: 50.0 + t.number % 7} if t.state == TrialState.COMPLETE else t.user_attrs
+        attrs = dict(t.user_attrs)
+        reached = [s for s, v in sorted(t.intermediate_values.items()) if v <= TARGET]
+        if reached:  # the run reaches the target by its report at reached[0] samples, and not before half it
+            b, samples = t.params["batch_size"], sorted(t.intermediate_values)
+            early = record(b, [s for s in samples if s <= 2 * reached[0]], 50.0 + t.number % 7)
+            late = record(b, [s for s in samples if s > 2 * reached[0]], 500.0)
+            attrs[NOISE_SCALE] = {**early, **{k: early[k] + late[k] for k in ("samples", "big", "small", "steps")}}
         copy.add_trial(create_trial(state=t.state, value=t.value, params=t.params, distributions=t.distributions,
                                     user_attrs=attrs, intermediate_values=t.intermediate_values))
     result = fit_study(copy, target=TARGET)

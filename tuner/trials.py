@@ -45,7 +45,7 @@ BATCH_SIZE = "batch_size"
 LR = "lr"
 OUTCOME = "outcome"
 SAMPLES = "samples"
-NOISE_SCALE = "noise_scale"  # the gradient noise scale B_simple the run measured (train_torch's noise_scale)
+NOISE_SCALE = "noise_scale"  # what the gradient noise scale is read from, per window (train_torch's noise_scale)
 SEED = "seed"
 ERROR = "error"
 WORKER_ATTR = "tuner:worker"  # system attribute: "host:pid" of the process running the trial (journal)
@@ -141,3 +141,23 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def noise_scale(record: dict, low: float = 0.0, high: float = math.inf) -> float | None:
+    """B_simple = tr(Σ) / |G|² over the windows of a ``noise_scale`` record that end within [low,
+    high] samples seen: E|G_n|² = |G|² + tr(Σ) / n for the batch (n = B) and its half (n = b), each
+    averaged over those windows' steps before the ratio (a ratio of noisy estimates is biased). None
+    without windows there, or where noise swamps the estimate (neither comes out positive)."""
+    try:
+        windows = [(big, small, steps) for end, big, small, steps
+                   in zip(record["samples"], record["big"], record["small"], record["steps"]) if low <= end <= high]
+        batch, half = record["batch"], record["half"]
+    except (KeyError, TypeError):
+        return None  # not a record this version writes
+    steps = sum(w[2] for w in windows)
+    if not steps or not batch > half > 0:
+        return None
+    big, small = (sum(w[i] * w[2] for w in windows) / steps for i in (0, 1))
+    gradient = (batch * big - half * small) / (batch - half)
+    noise = (small - big) / (1 / half - 1 / batch)
+    return noise / gradient if gradient > 0 and noise > 0 else None

@@ -56,7 +56,8 @@ class Run:
         self.direction = direction  # the study's: whether the metric reported is minimized or maximized
         self.options = MappingProxyType(dict(options or {}))
         self.samples_seen = 0
-        self.noise_scale: float | None = None  # B_simple, where the workload measures it (train_torch's noise_scale)
+        self.noise_scale: dict | None = None  # what B_simple is read from, where the workload measures it
+        # (train_torch's noise_scale; tuner.trials.noise_scale reads it)
         self.reports: list[tuple[int, float]] = []
         self._trial = trial
 

@@ -16,8 +16,10 @@ E_min (1 + B / B_crit), with B_crit = E_min / S_min: well below B_crit, doubling
 steps; at B_crit it saves a quarter of them, and less beyond. 1 / S(B) has the saturating rule's shape,
 so it is fitted, with its interval, by the same profile (``tuner.fit._rules``).
 
-Where the runs measured the gradient noise scale B_simple (``train_torch``'s ``noise_scale``), the
-median over the runs nearest each optimum is reported beside B_crit and B_noise.
+Where the runs measured the gradient noise scale B_simple (``train_torch``'s ``noise_scale``), it is
+read where each run nearest its batch size's optimum reaches the target (the windows between half
+and twice those samples: B_simple grows as the loss falls, so it is compared with B_crit at the
+target), and the median over those runs is reported beside B_crit and B_noise.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tuner.fit._model import Frozen
 from tuner.fit._optimum import BatchOptimum
 from tuner.fit._rules import SATURATING, Rule, bend_interval, fit_bend
 from tuner.fit._verdict import b_noise_interval, format_batch_size, interval_text
+from tuner.trials import noise_scale
 
 REACHING = 3         # the default target: every batch size has at least this many runs that reach it
 NEAREST = 3          # the gradient noise scale: at least the runs this near each optimum
@@ -89,21 +92,26 @@ def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], ma
         target = sign * max(_reached_by_several(c, sign) for c in curves.values())
     readings = CriticalBatch(target=target, default_target=default,
                              batches=[_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())])
-    return readings.model_copy(update={**_fit(readings.timed), **_noise_scale(batches, optima, rng)})
+    return readings.model_copy(update={**_fit(readings.timed),
+                                       **_noise_scale(batches, optima, sign * target, sign, rng)})
 
 
-def _noise_scale(batches: list[BatchTrials], optima: list[BatchOptimum], rng) -> dict:
-    """B_simple as the runs nearest each batch size's optimum measured it (within its 95% interval, at
-    least the NEAREST nearest): their median, and a bootstrap interval of the median. The noise scale
-    changes as training goes, so runs far from the optimum (that trained less far) are left out."""
+def _noise_scale(batches: list[BatchTrials], optima: list[BatchOptimum], goal: float, sign: float, rng) -> dict:
+    """B_simple where the runs nearest each batch size's optimum (within its 95% interval, at least the
+    NEAREST nearest) reach the target: their median, and a bootstrap interval of the median."""
     values = []
     for batch, optimum in zip(batches, optima):
-        if not optimum.usable or not batch.noise_scales:
+        measured = [c for c in batch.curves if c.noise is not None]
+        if not optimum.usable or not measured:
             continue
         centre = math.log(optimum.lr)
         low, high = (math.log(v) for v in optimum.ci)
-        ranked = sorted(batch.noise_scales, key=lambda pair: abs(pair[0] - centre))
-        values += [v for i, (x, v) in enumerate(ranked) if i < NEAREST or low <= x <= high]
+        ranked = sorted(measured, key=lambda c: abs(c.x - centre))
+        for curve in (c for i, c in enumerate(ranked) if i < NEAREST or low <= c.x <= high):
+            reach = _first_reach(curve, goal, sign)
+            value = noise_scale(curve.noise, reach / 2, reach * 2) if math.isfinite(reach) else None
+            if value is not None:
+                values.append(value)
     if not values:
         return {}
     values = np.array(values)
@@ -195,7 +203,7 @@ def describe(critical: CriticalBatch | None, saturating: Rule) -> str:
                      "(`tuner fit --target`).")
     if critical.b_simple is not None:
         low, high = critical.b_simple_ci
-        parts.append(f"The gradient noise scale the runs near the optima measured is B_simple ≈ "
+        parts.append(f"The gradient noise scale where the runs nearest the optima reach it is B_simple ≈ "
                      f"{format_batch_size(critical.b_simple)} (95% CI {low:.3g} to {high:.3g}, "
                      f"{critical.n_noise_scales} runs).")
     return " ".join(parts)

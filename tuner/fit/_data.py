@@ -35,6 +35,7 @@ class Curve:
     x: float              # log lr
     samples: np.ndarray
     value: np.ndarray
+    noise: dict | None = None  # the run's gradient noise scale record (tuner.trials.noise_scale reads it)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ class BatchTrials:
     diverged_x: np.ndarray  # NaN/inf: the optimum lies below each of these
     baseline: float | None = None  # the untrained model's metric: the median report at step 0, if any
     curves: tuple[Curve, ...] = ()  # the learning curves of the complete and pruned trials
-    noise_scales: tuple[tuple[float, float], ...] = ()  # (log lr, B_simple) of complete trials that measured it
 
     @property
     def n_trials(self) -> int:
@@ -72,7 +72,6 @@ class _Group:
     diverged_x: list[float] = field(default_factory=list)
     untrained: list[float] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
-    noise_scales: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, trial: FrozenTrial, x: float) -> None:
         start = trial.intermediate_values.get(0)
@@ -83,13 +82,12 @@ class _Group:
             reports = sorted((s, v) for s, v in trial.intermediate_values.items() if math.isfinite(v))
             if reports:
                 samples, values = zip(*reports)
-                self.curves.append(Curve(x, np.asarray(samples, dtype=float), np.asarray(values, dtype=float)))
+                noise = trial.user_attrs.get(NOISE_SCALE)
+                self.curves.append(Curve(x, np.asarray(samples, dtype=float), np.asarray(values, dtype=float),
+                                         noise if isinstance(noise, dict) else None))
         if outcome == Outcome.COMPLETE:
             self.x.append(x)
             self.value.append(trial.value)
-            noise_scale = trial.user_attrs.get(NOISE_SCALE)
-            if isinstance(noise_scale, (int, float)) and noise_scale > 0:
-                self.noise_scales.append((x, float(noise_scale)))
         elif outcome == Outcome.DIVERGED:
             self.diverged_x.append(x)
         elif outcome == Outcome.PRUNED:
@@ -99,7 +97,7 @@ class _Group:
         baseline = float(np.median(self.untrained)) if self.untrained else None
         return BatchTrials(batch_size, *(np.asarray(v, dtype=float) for v in
                                          (self.x, self.value, self.pruned_x, self.diverged_x)), baseline,
-                           tuple(self.curves), tuple(self.noise_scales))
+                           tuple(self.curves))
 
 
 def batch_trials(trials: Iterable[FrozenTrial], batch_size: int | None = None, param: str = LR) -> BatchTrials:

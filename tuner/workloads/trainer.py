@@ -100,9 +100,9 @@ class TrainerOptions(BaseModel):
     eps: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Adam's epsilon (default torch's: 1e-8)")
     noise_scale: bool = Field(
-        False, description="measure the gradient noise scale B_simple = tr(Σ)/|G|² over the second half of the "
-                           "run, from the gradients of each batch and of its first half (McCandlish et al. 2018, "
-                           "appendix A): about 1.5x the compute there; stored on the trial as noise_scale")
+        False, description="measure the gradient noise scale B_simple = tr(Σ)/|G|² from the gradients of each "
+                           "batch and of its first half (McCandlish et al. 2018, appendix A), between every two "
+                           "evaluations: about 1.5x the compute; stored on the trial as noise_scale")
 
     # Field validators run only on values given, not on defaults: these catch contradictions.
     @field_validator("momentum")
@@ -191,7 +191,7 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
         batch_loss = loss(net(inputs[batch]), targets[batch])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
-        if gauge is not None and step > steps // 2:  # before clipping: the gradient itself
+        if gauge is not None:  # before clipping: the gradient itself
             gauge.add(net, loss, inputs[batch], targets[batch])
         if o.clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), o.clip)
@@ -200,23 +200,24 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
         if step in eval_steps:  # the only points that wait for the device
             valid_loss, value = _two(_evaluate(net, functions, valid_inputs, valid_targets, o.eval_batch_size))
             _check_diverged(batch_loss.item(), valid_loss, limit, step * run.batch_size)
-            if gauge is not None and gauge.value() is not None:
-                run.noise_scale = gauge.value()  # so far: a pruned run keeps what it measured
+            if gauge is not None:
+                run.noise_scale = gauge.close(step * run.batch_size)  # so far: a pruned run keeps it
             run.report(step * run.batch_size, value)
     return value
 
 
 class NoiseScale:
-    """The simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, appendix A),
-    from the squared gradient norms of each batch (B samples) and of its first half (b): both have
-    expectation |G|² + tr(Σ) / size, solved for |G|² and tr(Σ), each averaged over the steps measured
-    before their ratio is taken (the ratio of one step's noisy estimates is biased). The half batch
-    runs forward in training mode (BatchNorm's running statistics see it too)."""
+    """What the simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, appendix
+    A) is estimated from: the squared gradient norms of each batch (B samples) and of its first half
+    (b), averaged over the steps between two evaluations (a window). ``tuner.trials.noise_scale``
+    reads the record over any stretch of the run. The half batch runs forward in training mode
+    (BatchNorm's running statistics see it too)."""
 
     def __init__(self, batch_size: int) -> None:
         self.big, self.small = batch_size, batch_size // 2
         self.sum_big = self.sum_small = 0.0
         self.steps = 0
+        self.windows: dict[str, list] = {"samples": [], "big": [], "small": [], "steps": []}
 
     def add(self, net: nn.Module, loss: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One step: the batch's gradient (already in ``.grad``) and its first half's."""
@@ -228,14 +229,15 @@ class NoiseScale:
         self.sum_small += float(sum(g.pow(2).sum() for g in half))
         self.steps += 1
 
-    def value(self) -> float | None:
-        """B_simple from the steps so far; None before any, or where noise swamps the estimate."""
-        if not self.steps:
-            return None
-        big, small = self.sum_big / self.steps, self.sum_small / self.steps
-        gradient = (self.big * big - self.small * small) / (self.big - self.small)
-        noise = (small - big) / (1 / self.small - 1 / self.big)
-        return noise / gradient if gradient > 0 and noise > 0 else None
+    def close(self, samples: int) -> dict:
+        """End the window at ``samples`` seen; the record so far (plain JSON, stored on the trial)."""
+        if self.steps:
+            for key, value in (("samples", samples), ("big", self.sum_big / self.steps),
+                               ("small", self.sum_small / self.steps), ("steps", self.steps)):
+                self.windows[key].append(value)
+            self.sum_big = self.sum_small = 0.0
+            self.steps = 0
+        return {"batch": self.big, "half": self.small, **{k: list(v) for k, v in self.windows.items()}}
 
 
 def _two(values: tuple[float, ...]) -> tuple[float, float]:
