@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
 from conftest import tuner
@@ -13,7 +14,7 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import create_trial
 
 from tuner.fit import FitResult, fit_study, format_fit, to_markdown
-from tuner.fit._figure import make_critical_figure
+from tuner.fit._figure import CRITICAL_CURVE, CRITICAL_POINTS, critical_png_figure, make_critical_figure
 from tuner.runner import open_study, run_study
 from tuner.spec import parse_spec
 from tuner.trials import NOISE_SCALE
@@ -166,3 +167,18 @@ def test_the_noise_scale_where_the_runs_reach_the_target_is_reported_beside_the_
     assert critical.n_noise_scales >= 3 * len(SIZES)  # at least the three runs nearest each optimum
     assert f"B_simple ≈ {critical.b_simple:.0f} (95% CI" in result.verdict
     assert fit_study(study, target=TARGET).critical.b_simple is None  # runs that measured none
+
+
+def test_the_dashboard_figure_and_the_png_draw_the_same_steps_against_samples(study):
+    result = fit_study(study, target=TARGET)
+    dashboard, axes = make_critical_figure(result), critical_png_figure(result).axes[0]
+    points = next(t for t in dashboard.data if t.name == CRITICAL_POINTS)
+    drawn = axes.containers[0].lines[0]
+    np.testing.assert_allclose(np.asarray(drawn.get_xdata(), float), np.asarray(points.x, float))
+    np.testing.assert_allclose(np.asarray(drawn.get_ydata(), float), np.asarray(points.y, float))
+    assert list(points.x) == [r.steps for r in result.critical.timed]
+    curve = next(t for t in dashboard.data if t.name == CRITICAL_CURVE)
+    line = next(line for line in axes.get_lines() if line.get_label() == CRITICAL_CURVE)
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), np.asarray(curve.x, float))
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), np.asarray(curve.y, float))
+    assert [t.get_text() for t in axes.texts] == [f"B={b}" for b in SIZES]

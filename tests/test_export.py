@@ -212,6 +212,10 @@ def test_markdown_report_with_its_figure_beside_it(stored, tmp_path):
     png = tmp_path / "report.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 20_000
     assert "](report.png)" in report
+    # studies/quadratic.toml reports 32 times per run: the steps to a target, and their figure
+    critical = tmp_path / "report-critical.png"
+    assert critical.read_bytes()[:8] == PNG_SIGNATURE and critical.stat().st_size > 20_000
+    assert "](report-critical.png)" in report and "## Steps to reach" in report
     assert fit["verdict"] in report
     for b in fit["batch_sizes"]:
         assert f"\n| {b} | " in report, b
@@ -225,7 +229,7 @@ def test_markdown_report_with_its_figure_beside_it(stored, tmp_path):
     assert p.returncode == 0, p.stderr
     assert fit["verdict"] in p.stdout and "![" not in p.stdout
     assert "-o report.md" in p.stdout  # says how to get the figure
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.md", "report.png"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report-critical.png", "report.md", "report.png"]
 
 
 def test_the_figure_never_overwrites_the_report():

@@ -250,7 +250,7 @@ def export(study_name: str, storage: str | None, fmt: str, output: Path | None) 
       tuner export quadratic --format markdown -o report.md
       tuner export quadratic --format json
     """
-    from tuner.export import export_fit, figure_path
+    from tuner.export import export_fit, report_figures
     from tuner.storage import load_study
     from tuner.trials import FIT_ATTR
 
@@ -262,8 +262,8 @@ def export(study_name: str, storage: str | None, fmt: str, output: Path | None) 
     if output is None:
         click.echo(text, nl=False)
     else:
-        figure = f" and {figure_path(output)}" if fmt == "markdown" else ""
-        click.echo(f"wrote {output}{figure}", err=True)
+        written = [output, *(report_figures(fit, output) if fmt == "markdown" else [])]
+        click.echo(f"wrote {', '.join(map(str, written))}", err=True)
 
 
 @cli.command()

@@ -6,7 +6,8 @@
   for the recommended rule, generated from its parameters so that it gives the fit's own predictions;
   its docstring says where the rule came from, and how to use it in timm, MMEngine or Lightning.
 * ``markdown``: a report a person reads (verdict, per-batch table, rule comparison, the rule in
-  timm/MMEngine/PyTorch terms); with ``-o report.md`` its figure is drawn beside it as ``report.png``.
+  timm/MMEngine/PyTorch terms); with ``-o report.md`` its figure is drawn beside it as ``report.png``,
+  and where the fit read steps to a target, the steps-against-samples figure as ``report-critical.png``.
 
     from tuner.export import export_fit
 
@@ -36,8 +37,9 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
     """The stored fit ``fit`` as ``fmt`` (json, yaml, python or markdown).
 
     With ``output`` the text is also written there (UTF-8); for markdown the figure is written
-    beside it as a PNG (``report.md`` -> ``report.png``) and the report links it. Without ``output``
-    nothing is written, and the markdown says how to get the figure.
+    beside it as a PNG (``report.md`` -> ``report.png``), and where the fit read steps to a target
+    the steps-against-samples figure too (``report-critical.png``); the report links them. Without
+    ``output`` nothing is written, and the markdown says how to get the figure.
 
     Raises:
         ValueError: an unknown format.
@@ -48,6 +50,7 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
     _refuse_credentials(fit)
     output = Path(output) if output is not None else None
     figure = figure_path(output) if output is not None and fmt == "markdown" else None
+    critical = None  # the steps-against-samples PNG beside the report, where the fit has one
     for path in filter(None, (output, figure)):
         _check_writable(path)
     if fmt == "json":
@@ -56,6 +59,7 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         text = to_yaml(fit)
     else:  # the fit's own views (imported here: they load numpy, scipy and optuna, which json needs not)
         from tuner.fit import FitResult, save_png, to_python, to_report
+        from tuner.fit._figure import critical_series, save_critical_png
         from tuner.fit._frameworks import DEFAULT_MODULE
 
         result = FitResult.model_validate(fit)
@@ -64,11 +68,16 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
             module = stem if stem.isidentifier() and not keyword.iskeyword(stem) else DEFAULT_MODULE
             text = to_python(result, module_name=module)
         else:
-            text = to_report(result, figure_name=None if figure is None else figure.name)
+            critical = critical_figure_path(figure) if figure and critical_series(result) else None
+            text = to_report(result, figure_name=None if figure is None else figure.name,
+                             critical_figure_name=None if critical is None else critical.name)
     if output is not None:
         files = {output: lambda path: path.write_text(text, encoding="utf-8")}
         if figure is not None:
             files[figure] = lambda path: save_png(result, path)
+        if critical is not None:
+            _check_writable(critical)
+            files[critical] = lambda path: save_critical_png(result, path)
         _write_all(files)
     return text
 
@@ -123,6 +132,20 @@ def figure_path(report: Path) -> Path:
     """Where the report's figure goes: report.md -> report.png (never the report itself)."""
     path = report.with_suffix(".png")
     return path if path != report else report.with_name(report.stem + "-figure.png")
+
+
+def critical_figure_path(figure: Path) -> Path:
+    """Where the steps-against-samples figure goes, beside the first: report.png -> report-critical.png."""
+    return figure.with_name(f"{figure.stem}-critical.png")
+
+
+def report_figures(fit: dict, report: Path) -> list[Path]:
+    """The PNGs ``export_fit(fit, "markdown", report)`` writes beside the report."""
+    from tuner.fit import FitResult
+    from tuner.fit._figure import critical_series
+
+    figure = figure_path(report)
+    return [figure, *([critical_figure_path(figure)] if critical_series(FitResult.model_validate(fit)) else [])]
 
 
 # --- nothing secret leaves ----------------------------------------------------------------------------

@@ -197,40 +197,108 @@ def png_figure(result: FitResult):
     return figure
 
 
-def make_critical_figure(result: FitResult):
+@dataclass(frozen=True)
+class CriticalSeries:
+    """The second figure: steps against samples to the target per timed batch size, and the fitted
+    trade-off (None where fewer than three batch sizes were timed)."""
+
+    title: str
+    labels: list[str]              # "B=64"
+    steps: list[float]
+    samples: list[float]
+    steps_low: list[float]         # 95% interval of the steps
+    steps_high: list[float]
+    curve: tuple[np.ndarray, np.ndarray] | None  # (steps, samples) of S(B) = S_min (1 + B_crit/B)
+    b_crit: tuple[float, float, float] | None    # (B_crit, its steps 2 S_min, its samples 2 E_min)
+    limits: tuple[float, float] | None           # S_min and E_min, drawn as dotted lines
+
+
+CRITICAL_CURVE = "S(B) = S_min (1 + B_crit / B)"
+CRITICAL_POINTS = "per batch size (95% interval of steps)"
+
+
+def critical_series(result: FitResult) -> CriticalSeries | None:
     """Steps against samples to the target, one point per batch size (with the 95% interval of its
     steps), and the fitted trade-off S(B) = S_min (1 + B_crit/B), E(B) = E_min (1 + B/B_crit), with
-    its two limits and the critical batch size marked; None without a reading."""
-    import plotly.graph_objects as go
-
+    its two limits and the critical batch size marked; None without a timed reading."""
     critical = result.critical
     reached = critical.timed if critical is not None else []
     if not reached:
         return None
-    figure = go.Figure()
-    figure.add_trace(go.Scatter(
-        x=[r.steps for r in reached], y=[r.samples for r in reached], mode="markers+text",
-        name="per batch size (95% interval of steps)",
-        text=[f"B={r.batch_size}" for r in reached], textposition="top right",
-        marker={"size": 9, "color": "black"},
-        error_x={"type": "data", "symmetric": False, "array": [r.steps_ci[1] - r.steps for r in reached],
-                 "arrayminus": [r.steps - r.steps_ci[0] for r in reached]},
-        hovertemplate="%{text}: %{x:,.0f} steps, %{y:,.0f} samples<extra></extra>"))
+    curve = b_crit = limits = None
     if critical.b_crit is not None:
         sizes = np.geomspace(reached[0].batch_size / RANGE**2, reached[-1].batch_size * RANGE**2, 200)
         fitted = critical.s_min * (1.0 + critical.b_crit / sizes)
-        figure.add_trace(go.Scatter(x=fitted, y=fitted * sizes, mode="lines", name="S(B) = S_min (1 + B_crit / B)",
-                                    line={"color": RULE_COLORS[SATURATING], "width": 2},
-                                    customdata=sizes, hovertemplate="B=%{customdata:.0f}<extra></extra>"))
-        figure.add_trace(go.Scatter(x=[2 * critical.s_min], y=[2 * critical.e_min], mode="markers+text",
-                                    name=f"critical batch size B≈{critical.b_crit:.3g}",
-                                    text=[f"B_crit≈{critical.b_crit:.3g}"], textposition="bottom right",
+        curve, b_crit = (fitted, fitted * sizes), (critical.b_crit, 2 * critical.s_min, 2 * critical.e_min)
+        limits = (critical.s_min, critical.e_min)
+    return CriticalSeries(
+        title=f"Steps vs samples to reach {critical.target:.4g}: {result.study}",
+        labels=[f"B={r.batch_size}" for r in reached], steps=[r.steps for r in reached],
+        samples=[r.samples for r in reached], steps_low=[r.steps_ci[0] for r in reached],
+        steps_high=[r.steps_ci[1] for r in reached], curve=curve, b_crit=b_crit, limits=limits)
+
+
+def make_critical_figure(result: FitResult):
+    """The second figure as a plotly Figure (optuna-dashboard shows it beside the study); None
+    without a timed reading."""
+    import plotly.graph_objects as go
+
+    series = critical_series(result)
+    if series is None:
+        return None
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(
+        x=series.steps, y=series.samples, mode="markers+text", name=CRITICAL_POINTS, text=series.labels,
+        textposition="top right", marker={"size": 9, "color": "black"},
+        error_x={"type": "data", "symmetric": False, "array": np.subtract(series.steps_high, series.steps).tolist(),
+                 "arrayminus": np.subtract(series.steps, series.steps_low).tolist()},
+        hovertemplate="%{text}: %{x:,.0f} steps, %{y:,.0f} samples<extra></extra>"))
+    if series.curve is not None:
+        b_crit, steps, samples = series.b_crit
+        figure.add_trace(go.Scatter(x=series.curve[0], y=series.curve[1], mode="lines", name=CRITICAL_CURVE,
+                                    line={"color": RULE_COLORS[SATURATING], "width": 2}))
+        figure.add_trace(go.Scatter(x=[steps], y=[samples], mode="markers+text",
+                                    name=f"critical batch size B≈{b_crit:.3g}", text=[f"B_crit≈{b_crit:.3g}"],
+                                    textposition="bottom right",
                                     marker={"size": 11, "symbol": "diamond", "color": RULE_COLORS[SATURATING]}))
-        figure.add_vline(x=critical.s_min, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
-        figure.add_hline(y=critical.e_min, line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
-    figure.update_layout(title=f"Steps vs samples to reach {critical.target:.4g}: {result.study}",
-                         template="plotly_white",
+        figure.add_vline(x=series.limits[0], line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
+        figure.add_hline(y=series.limits[1], line={"color": MISSING_COLOR, "width": 1, "dash": "dot"})
+    figure.update_layout(title=series.title, template="plotly_white",
                          xaxis={"type": "log", "title": "optimizer steps to the target"},
                          yaxis={"type": "log", "title": "training samples to the target"},
                          margin={"t": 60, "r": 10}, legend={"font": {"size": 11}})
+    return figure
+
+
+def save_critical_png(result: FitResult, path: Path) -> None:
+    """The second figure drawn with matplotlib into ``path`` (PNG); the caller checks there is one."""
+    critical_png_figure(result).savefig(path, format="png", dpi=110, metadata={"Software": None})
+
+
+def critical_png_figure(result: FitResult):
+    """The second figure as a matplotlib Figure (Agg: no display needed)."""
+    from matplotlib.figure import Figure
+
+    series = critical_series(result)
+    figure = Figure(figsize=(8.5, 6.0), layout="constrained")
+    ax = figure.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.errorbar(series.steps, series.samples, xerr=[np.subtract(series.steps, series.steps_low),
+                                                    np.subtract(series.steps_high, series.steps)],
+                fmt="o", color="black", capsize=3, label=CRITICAL_POINTS, zorder=4)
+    for label, x, y in zip(series.labels, series.steps, series.samples):
+        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    if series.curve is not None:
+        b_crit, steps, samples = series.b_crit
+        ax.plot(*series.curve, color=RULE_COLORS[SATURATING], linewidth=2, label=CRITICAL_CURVE)
+        ax.plot([steps], [samples], "D", color=RULE_COLORS[SATURATING], markersize=8,
+                label=f"critical batch size B≈{b_crit:.3g}")
+        ax.axvline(series.limits[0], color=MISSING_COLOR, linestyle=":")
+        ax.axhline(series.limits[1], color=MISSING_COLOR, linestyle=":")
+    ax.set_xlabel("optimizer steps to the target")
+    ax.set_ylabel("training samples to the target")
+    ax.set_title(series.title.replace("$", r"\$"))
+    ax.grid(True, which="major", color="0.92")
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
     return figure

@@ -53,10 +53,10 @@ def to_markdown(result: FitResult) -> str:
                         f"_tuner {result.version}, fitted {result.created}; `tuner fit` replaces this note._"])
 
 
-def to_report(result: FitResult, figure_name: str | None = None) -> str:
+def to_report(result: FitResult, figure_name: str | None = None, critical_figure_name: str | None = None) -> str:
     """The markdown report ``tuner export`` writes: the note's sections with what a reader outside
-    the dashboard needs (scope, the figure, the rule in framework terms); ``figure_name``: the PNG
-    beside it to link, None for none (stdout)."""
+    the dashboard needs (scope, the figures, the rule in framework terms); ``figure_name`` and
+    ``critical_figure_name``: the PNGs beside it to link (the second in its section), None for none."""
     low, high = fitted_range(result)
     n_trials = sum(o.n_trials for o in result.optima)
     study = shlex.quote(result.study)
@@ -73,14 +73,15 @@ def to_report(result: FitResult, figure_name: str | None = None) -> str:
                      "markdown -o report.md` (with the same `--storage`) writes `report.png` beside it and "
                      "links it here.")
     parts.append("## In your training code\n" + "\n".join(f"- {line}" for line in framework_lines(result)))
-    parts += _sections(result, "##")
+    parts += _sections(result, "##", critical_figure_name)
     parts.append(f"<sub>Fitted {result.created or '(date unknown)'} by tuner {result.version or '(version unknown)'}; "
                  "after more trials, `tuner fit` and export again.</sub>")
     return "\n\n".join(parts) + "\n"
 
 
-def _sections(result: FitResult, heading: str) -> list[str]:
-    """The tables and warnings the note and the report share, under ``heading`` ("###", "##")."""
+def _sections(result: FitResult, heading: str, critical_figure_name: str | None = None) -> list[str]:
+    """The tables and warnings the note and the report share, under ``heading`` ("###", "##"); the
+    report links the steps-against-samples PNG in its section (the note has the dashboard's figure)."""
     parts = [f"{heading} Optimal learning rate per batch size\n" + _table(_optima_rows(result)),
              f"{heading} Rules\nFitted to the per-batch optima, weighted by their intervals; "
              "**BIC** pays for parameters (lower is better), **leave-one-out** is the typical factor by "
@@ -88,7 +89,10 @@ def _sections(result: FitResult, heading: str) -> list[str]:
              f"{heading} Cost of following each rule\nHow much worse the metric ends at each batch size than at "
              "its optimum, in the metric's units.\n\n" + _table(_cost_rows(result))]
     if result.critical is not None:
-        parts.append(f"{heading} {_critical_title(result)}\n{CRITICAL_NOTE}\n\n" + _table(_critical_rows(result)))
+        figure = (f"\n\n![Steps against samples to the target, with the fitted trade-off]"
+                  f"({quote(critical_figure_name)})" if critical_figure_name else "")
+        parts.append(f"{heading} {_critical_title(result)}\n{CRITICAL_NOTE}\n\n" + _table(_critical_rows(result))
+                     + figure)
     if result.verify is not None:
         parts.append(f"{heading} Verified at held-out batch sizes\n{VERIFY_NOTE}\n\n" + _table(_verify_rows(result)))
     if result.warnings:
