@@ -225,15 +225,16 @@ class NoiseScale:
 
         params = [p for p in net.parameters() if p.grad is not None]
         half = torch.autograd.grad(loss(net(inputs[:self.small]), targets[:self.small]), params)
-        self.sum_big += float(sum(p.grad.pow(2).sum() for p in params))
-        self.sum_small += float(sum(g.pow(2).sum() for g in half))
+        with torch.no_grad():  # summed on the device: read at the next evaluation, which waits for it anyway
+            self.sum_big = self.sum_big + sum(p.grad.pow(2).sum() for p in params)
+            self.sum_small = self.sum_small + sum(g.pow(2).sum() for g in half)
         self.steps += 1
 
     def close(self, samples: int) -> dict:
         """End the window at ``samples`` seen; the record so far (plain JSON, stored on the trial)."""
         if self.steps:
-            for key, value in (("samples", samples), ("big", self.sum_big / self.steps),
-                               ("small", self.sum_small / self.steps), ("steps", self.steps)):
+            for key, value in (("samples", samples), ("big", float(self.sum_big) / self.steps),
+                               ("small", float(self.sum_small) / self.steps), ("steps", self.steps)):
                 self.windows[key].append(value)
             self.sum_big = self.sum_small = 0.0
             self.steps = 0
