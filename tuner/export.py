@@ -49,9 +49,10 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         raise ValueError(f"fmt must be one of {', '.join(FORMATS)}; got {fmt!r}")
     _refuse_credentials(fit)
     output = Path(output) if output is not None else None
-    figure = figure_path(output) if output is not None and fmt == "markdown" else None
-    critical = None  # the steps-against-samples PNG beside the report, where the fit has one
-    for path in filter(None, (output, figure)):
+    # report.png, and report-critical.png where the fit read steps to a target
+    figures = report_figures(fit, output) if output is not None and fmt == "markdown" else []
+    figure, critical = (figures + [None, None])[:2]
+    for path in filter(None, (output, figure, critical)):
         _check_writable(path)
     if fmt == "json":
         text = to_json(fit)
@@ -59,7 +60,7 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         text = to_yaml(fit)
     else:  # the fit's own views (imported here: they load numpy, scipy and optuna, which json needs not)
         from tuner.fit import FitResult, save_png, to_python, to_report
-        from tuner.fit._figure import critical_series, save_critical_png
+        from tuner.fit._figure import save_critical_png
         from tuner.fit._frameworks import DEFAULT_MODULE
 
         result = FitResult.model_validate(fit)
@@ -68,7 +69,6 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
             module = stem if stem.isidentifier() and not keyword.iskeyword(stem) else DEFAULT_MODULE
             text = to_python(result, module_name=module)
         else:
-            critical = critical_figure_path(figure) if figure and critical_series(result) else None
             text = to_report(result, figure_name=None if figure is None else figure.name,
                              critical_figure_name=None if critical is None else critical.name)
     if output is not None:
@@ -76,7 +76,6 @@ def export_fit(fit: dict, fmt: str, output: Path | None = None) -> str:
         if figure is not None:
             files[figure] = lambda path: save_png(result, path)
         if critical is not None:
-            _check_writable(critical)
             files[critical] = lambda path: save_critical_png(result, path)
         _write_all(files)
     return text
