@@ -156,9 +156,14 @@ class Valley:
         """(mean, standard error, the model's bootstrap values or None where read off the trials).
         Within the trials the model was fitted to it stands for the metric; up to MARGIN beyond them
         it extrapolates, unless the trials there did clearly worse than it says (a wall it did not
-        see: its extrapolation would price a learning rate past the wall as nearly free)."""
+        see: its extrapolation would price a learning rate past the wall as nearly free), or a
+        divergence lies beyond: between the last run and a learning rate that diverged nothing is
+        measured, and the metric may climb from the valley's floor to infinity anywhere in the gap
+        (a rule ×1.02 past the last run, priced as free, lost 130% on the stiff quadratic)."""
         if x >= self.cliff_x:
             return math.inf, 0.0, None
+        if math.isfinite(self.cliff_x) and x > self.groups.x[-1]:
+            return None
         read = self._read_off(x)
         low, high = self.fitted
         if not low - MARGIN <= x <= high + MARGIN:
@@ -256,6 +261,8 @@ class NoisePrior:
 
     sigma: float
     relative: bool
+    df: float | None = None  # the replicates' degrees of freedom, where measured by them alone (pure
+    # error); None where residuals about the valley say it too
 
     def at(self, level: float) -> float:
         return self.sigma * abs(level) if self.relative else self.sigma
@@ -270,6 +277,25 @@ class NoisePrior:
         scale = np.abs(levels) if relative else np.ones_like(levels)
         ss = sum(e.ss / s**2 for e, s in zip(found, scale))
         return cls(math.sqrt(ss / sum(e.df for e in found)), relative)
+
+    @classmethod
+    def of_replicates(cls, batches: list[_Batch]) -> NoisePrior | None:
+        """The noise as learning rates run more than once measure it near each batch size's best
+        (among the candidates: a pair next to a cliff, where one seed blows up and the other does
+        not, says nothing of the noise at the optimum), pooled over these batch sizes, each group's
+        scatter relative to its own mean for a positive metric that is minimized; None with fewer
+        than PRIOR_DF degrees of freedom. Pure error: residuals about a curve also carry the
+        valley's curvature where the trials are sparse next to a sharp bottom (on the noisy
+        quadratic they put the noise at ×10 to ×40 its size), replicates only the seeds' scatter."""
+        groups = [b.near for b in batches]
+        means = np.concatenate([g.mean for g in groups] or [np.zeros(0)])
+        scatter = np.concatenate([g.scatter for g in groups] or [np.zeros(0)])
+        df = float(np.concatenate([g.count - 1 for g in groups] or [np.zeros(0)]).sum())
+        if df < PRIOR_DF:
+            return None
+        relative = bool(np.all(means > 0))
+        ss = scatter / means**2 if relative else scatter
+        return cls(math.sqrt(float(ss.sum()) / df), relative, df=df)
 
     @classmethod
     def robust(cls, batches: list[_Batch]) -> NoisePrior | None:
@@ -328,6 +354,23 @@ class _Batch:
         """The neighbours' pseudo-residuals among the candidates, in the metric's units."""
         return _pseudo_residuals(self.groups if self.candidates is None else self.groups.subset(self.candidates))
 
+    @property
+    def near(self) -> Groups:
+        """The learning rates near the best (the candidates), or all where they are too few."""
+        return self.groups if self.candidates is None else self.groups.subset(self.candidates)
+
+    def noise(self, prior: NoisePrior | None) -> float | None:
+        """One run's noise here: this batch size's evidence weighed against the prior. Where the prior
+        is the replicates' pure error, the residuals about the valley count only where they are as
+        small as it explains (a lack-of-fit F-test at 99%): larger, they measure the valley's
+        curvature between sparse trials, and only this batch size's replicates count."""
+        if prior is None or prior.df is None:
+            return _noise(self.evidence(_noise(self.scatter, prior)), prior)
+        evidence, pure, expected = self.evidence(prior.at(self.level)), self.near, prior.at(self.level) ** 2
+        if evidence.df > 0 and evidence.ss / evidence.df > fdtri(evidence.df, prior.df, 0.99) * expected:
+            evidence = NoiseEvidence(pure.ss, pure.df, self.level)
+        return prior.combine(evidence)
+
     def beside_walls(self, scale: NoisePrior | None) -> _Batch:
         """The same trials, with residuals beyond WALL_Z of ``scale`` taken for walls."""
         return self if scale is None else replace(self, wall=WALL_Z * scale.at(self.level))
@@ -368,31 +411,40 @@ def estimate_optima(batches: list[BatchTrials], maximize: bool, lr_range: tuple[
     scale = NoisePrior.robust([p for p in prepared if p is not None])
     prepared = [None if p is None else p.beside_walls(scale) for p in prepared]
     ready = [p for p in prepared if p is not None]
-    first = NoisePrior.pool([p.scatter for p in ready])
-    prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
+    prior = NoisePrior.of_replicates(ready)
+    if prior is None:
+        first = NoisePrior.pool([p.scatter for p in ready])
+        prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
     # one shape for the study: a valley asymmetric at some batch sizes and symmetric at others would
     # bias their optima differently, and the rules with them
-    shapes = [p.shape(_noise(p.evidence(_noise(p.scatter, prior)), prior)) for p in ready]
+    shapes = [p.shape(p.noise(prior)) for p in ready]
     asymmetric = _asymmetry_pays([s for s in shapes if s is not None])
     return [_estimate(b, p, prior, maximize, lr_range, rng, asymmetric) for b, p in zip(batches, prepared)]
 
 
+def replicate_noise(batches: list[BatchTrials], maximize: bool) -> NoisePrior | None:
+    """The noise that learning rates run more than once measure, pooled over these batch sizes
+    (``NoisePrior.of_replicates``); None while they are too few."""
+    return NoisePrior.of_replicates([p for p in (_Batch.of(b, maximize) for b in batches) if p is not None])
+
+
 def estimate_optimum(trials: BatchTrials, maximize: bool, lr_range: tuple[float, float],
-                     rng: np.random.Generator) -> BatchOptimum:
-    """The optimum at one batch size, from its trials alone."""
+                     rng: np.random.Generator, prior: NoisePrior | None = None) -> BatchOptimum:
+    """The optimum at one batch size, from its trials alone (and the noise ``prior``, if given)."""
     batch = _Batch.of(trials, maximize)
     batch = None if batch is None else batch.beside_walls(NoisePrior.robust([batch]))
-    return _estimate(trials, batch, None, maximize, lr_range, rng)
+    return _estimate(trials, batch, prior, maximize, lr_range, rng)
 
 
 @lru_cache(maxsize=256)
 def estimate_cached(x: tuple[float, ...], value: tuple[float, ...], pruned_x: tuple[float, ...],
-                    diverged_x: tuple[float, ...], maximize: bool, lr_range: tuple[float, float]) -> BatchOptimum:
+                    diverged_x: tuple[float, ...], maximize: bool, lr_range: tuple[float, float],
+                    prior: NoisePrior | None = None) -> BatchOptimum:
     """``estimate_optimum`` of one batch size's trials given as tuples (log-lr), remembered: the
     sampler and the pruner ask for the same batch size's fit again and again between two of its
     trials finishing, and a fit costs milliseconds."""
     trials = BatchTrials(0, *(np.asarray(v, dtype=float) for v in (x, value, pruned_x, diverged_x)))
-    return estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0))
+    return estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0), prior)
 
 
 def _noise(evidence: NoiseEvidence, prior: NoisePrior | None) -> float | None:
@@ -407,7 +459,7 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
     if batch is None:
         return BatchOptimum(lr=None, ci=None, best_lr=None, best_value=None, flags=(NO_COMPLETE,),
                             method=NONE, **counts)
-    noise = _noise(batch.evidence(_noise(batch.scatter, prior)), prior)
+    noise = batch.noise(prior)
     groups, best = batch.groups, batch.best
     if batch.candidates is None:
         estimate, interval, method = _best_trial(groups.x[best], batch.tried, batch.cliff, lr_range)
@@ -479,7 +531,8 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
     if len(fitted.x) < MIN_COMPLETE:  # the trials near the best are too few for a valley
         estimate, interval, method = _best_trial(groups.x[best], tried, batch.cliff, lr_range)
         return estimate, estimate, interval, method, _interpolated(groups, noise, estimate, batch.cliff), interval
-    limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
+    limits = _short_of_walls(_limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned),
+                             fitted, groups)
     valley = LocalValley.fit(fitted, limits, asymmetric)
     if valley is not None and valley.agrees(fitted, noise, limits):
         spread = np.maximum(np.abs(fitted.mean - valley.at(fitted.x)), (noise or 0.0) / np.sqrt(fitted.count))
@@ -501,7 +554,8 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
         method, limits, vertex = BEST_TRIALS, (min(limits[0], estimate), max(limits[1], estimate)), estimate
         grid, curves, span = fitted.x, fitted.mean[None, :], (math.inf, -math.inf)
     estimate, vertex = float(np.clip(estimate, *limits)), float(np.clip(vertex, *limits))
-    interval = (min(float(low_ci), estimate, vertex - RESOLUTION), max(float(high_ci), estimate, vertex + RESOLUTION))
+    interval = (min(float(low_ci), estimate, vertex - RESOLUTION),
+                min(max(float(high_ci), estimate, vertex + RESOLUTION), batch.cliff))  # never past a divergence
     valley = Valley(groups, noise or 0.0, estimate, batch.cliff, grid, curves, span)
     return estimate, vertex, interval, method, valley, limits
 
@@ -761,6 +815,22 @@ def _limits(fitted: Groups, bounds: tuple[float, float], tried: np.ndarray,
         lower = max(lower, (low + inside.min()) / 2)
     if math.isfinite(high) and len(inside):
         upper = min(upper, (high + inside.max()) / 2)
+    return lower, upper
+
+
+def _short_of_walls(limits: tuple[float, float], fitted: Groups, groups: Groups) -> tuple[float, float]:
+    """No further than the last fitted trial towards a wall: where the next learning rate tried
+    beyond it did worse than the best by more than twice the fitted valley's height, the metric
+    climbs across that gap by more than the whole valley, and a quadratic that never saw the wall
+    extrapolates its gentle slope into it (on the noisy quadratic: a vertex ×1.04 past the best run
+    next to a run 200 times worse, where the loss was twice the optimum's)."""
+    lower, upper = limits
+    height = fitted.mean.max() - fitted.mean.min()
+    below, above = groups.mean[groups.x < fitted.x[0]], groups.mean[groups.x > fitted.x[-1]]
+    if len(below) and below[-1] > fitted.mean.min() + 2 * height:
+        lower = max(lower, fitted.x[0])
+    if len(above) and above[0] > fitted.mean.min() + 2 * height:
+        upper = min(upper, fitted.x[-1])
     return lower, upper
 
 
