@@ -11,6 +11,7 @@ from optuna.pruners import HyperbandPruner, MedianPruner
 from optuna.trial import TrialState, create_trial
 
 from tuner.errors import InputError
+from tuner.fit import fit_study
 from tuner.runner import open_study, run_study
 from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView, ValleySampler
 from tuner.search._hint import lr_hint
@@ -54,6 +55,30 @@ def test_even_shares_give_every_batch_size_the_same_trials(storage, sampler):
     study = run(storage, study={"n_trials": 40}, search={"batch_sizes": SIZES, "sampler": sampler,
                                                           "shares": "even"})
     assert Counter(t.params["batch_size"] for t in study.trials) == {b: 10 for b in SIZES}
+
+
+def test_a_batch_size_whose_runs_diverged_is_due_more_trials_than_a_settled_one():
+    # bracketing a cliff took nine of B=8's twelve trials: its valley is still to be found, while
+    # B=512's ten complete runs already fit a clean valley; B=8 is due the next trials (with equal
+    # weights, B=512 would be)
+    rng = np.random.default_rng(0)
+    study = optuna.create_study()
+    dists = {"batch_size": IntDistribution(8, 512, log=True), "lr": FloatDistribution(1e-4, 10.0, log=True)}
+    for z in np.linspace(-1.0, 0.8, 10):
+        value = (1.0 + z * z) * (1 + 0.01 * rng.standard_normal())
+        params = {"batch_size": 512, "lr": float(true_optimum(512) * math.exp(z))}
+        study.add_trial(create_trial(value=value, params=params, distributions=dists))
+    for z in (-1.5, -0.5, 0.2, *np.linspace(0.7, 3.0, 9)):
+        params = {"batch_size": 8, "lr": float(true_optimum(8) * math.exp(z))}
+        if z < 0.5:
+            study.add_trial(create_trial(value=1.0 + z * z, params=params, distributions=dists))
+        else:
+            study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=dists,
+                                         user_attrs={"outcome": "diverged"}))
+    sampler = BatchSizeSampler([8, 512], seed=0)
+    picks = Counter(sampler.sample_independent(study, study.ask(), "batch_size", dists["batch_size"])
+                    for _ in range(5))
+    assert picks == {8: 5}
 
 
 def test_below_ten_trials_per_batch_size_the_default_shares_are_even(storage):
@@ -412,6 +437,25 @@ def test_the_default_search_leaves_no_batch_size_with_a_one_sided_valley(storage
         near = [t.params["lr"] / truth for t in study.trials if t.params["batch_size"] == b
                 and t.state == TrialState.COMPLETE and 0.5 <= t.params["lr"] / truth <= 2.0]
         assert min(near) < 1.0 < max(near), (b, sorted(near))  # complete trials either side of the optimum
+
+
+def test_every_batch_size_repeats_its_best_run_once_so_the_noise_is_measured_not_guessed(storage):
+    # 2% noise on a valley far sharper than the trials' spacing: the residuals about any curve
+    # through them are mostly curvature (the old estimate put the noise at ×10 to ×40 its size);
+    # one repeated run per batch size measures it
+    def sharp(run):
+        z = math.log(run.lr / (1e-3 * run.batch_size))
+        value = (1.0 + 40 * z * z) * (1 + 0.02 * np.random.default_rng(run.seed).standard_normal())
+        run.report(1000, value)
+        return value
+
+    study = run(storage, sharp, study={"n_trials": 72}, search={"batch_sizes": SIZES})
+    for b in SIZES:
+        lrs = Counter(t.params["lr"] for t in study.trials if t.params["batch_size"] == b
+                      and t.state == TrialState.COMPLETE)
+        assert max(lrs.values()) >= 2, (b, lrs)
+    for optimum in fit_study(study).optima:
+        assert 0.4 < optimum.noise / 0.02 < 2.5, (optimum.batch_size, optimum.noise)
 
 
 def test_replicates_repeat_a_learning_rate_near_the_optimum_with_another_seed(storage, tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,9 +11,10 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.fit._optimum import MIN_FIT, NO_SIGNAL, QUADRATIC, TOLERATED
+from tuner.fit._data import batch_trials
+from tuner.fit._optimum import MIN_FIT, NO_SIGNAL, PRIOR_DF, QUADRATIC, TOLERATED
 from tuner.search._hint import lr_hint
-from tuner.search._valley import ValleySampler, _single_objective, fit_of
+from tuner.search._valley import ValleySampler, _single_objective, fit_of, study_noise
 from tuner.search._view import BatchSizeView
 from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR, by_batch_size
 
@@ -100,7 +102,12 @@ class BatchSizeSampler(BaseSampler):
         if param_name == LR and BATCH_SIZE in trial.params:
             batch_size = trial.params[BATCH_SIZE]
             hint = lr_hint(study, batch_size) if self._warm_start else None
-            view = BatchSizeView(study, batch_size, lr_hint=hint)
+            # the noise as the repeated runs of every batch size measure it, and how many repeats
+            # each batch size owes so that together they measure it (PRIOR_DF degrees of freedom)
+            noise = study_noise(study._get_trials(deepcopy=False, use_cache=True),
+                                study.direction == StudyDirection.MAXIMIZE)
+            view = BatchSizeView(study, batch_size, lr_hint=hint, noise_prior=noise,
+                                 repeats_wanted=math.ceil(PRIOR_DF / len(self._batch_sizes)))
             return self._lr_sampler.sample_independent(view, trial, param_name, param_distribution)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
@@ -135,8 +142,13 @@ def _weight(trials: Sequence[FrozenTrial], direction: StudyDirection) -> float:
     """How many trials a batch size is due against one whose optimum is settled: 1 plus the regret
     its estimate is likely to have (``Valley.expected_regret``) in units of TOLERATED of the metric,
     up to MAX_WEIGHT; MAX_WEIGHT where no valley fits its trials yet (the estimate rests on the best
-    runs alone); 1 with fewer than MIN_FIT complete trials (still spreading and bracketing) or no
-    signal (more of the same range will not find one)."""
+    runs alone), or where MIN_FIT of its trials finished but fewer completed (they diverged or were
+    pruned: bracketing a cliff took them, and the valley is still to be found); 1 with fewer than
+    MIN_FIT finished (still spreading and bracketing) or no signal (more of the same range will not
+    find one)."""
+    found = batch_trials(trials)
+    if len(found.x) < MIN_FIT <= len(found.x) + len(found.pruned_x) + len(found.diverged_x):
+        return MAX_WEIGHT
     fit = fit_of(trials, direction == StudyDirection.MAXIMIZE)
     if fit is None or fit.n_complete < MIN_FIT or fit.valley is None or NO_SIGNAL in fit.flags or not fit.best_value:
         return 1.0

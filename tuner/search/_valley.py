@@ -12,8 +12,17 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.fit._data import batch_trials
-from tuner.fit._optimum import BEST_TRIALS, MIN_COMPLETE, QUADRATIC, BatchOptimum, clearly_worse, estimate_cached
-from tuner.trials import LR, Outcome, is_diverged, outcome_of
+from tuner.fit._optimum import (
+    BEST_TRIALS,
+    MIN_COMPLETE,
+    QUADRATIC,
+    BatchOptimum,
+    NoisePrior,
+    clearly_worse,
+    estimate_cached,
+    replicate_noise,
+)
+from tuner.trials import LR, Outcome, by_batch_size, is_diverged, outcome_of
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MIN_GAP = math.log(1.25)   # a gap towards the cliff narrower than this is closed
@@ -42,7 +51,12 @@ class ValleySampler(BaseSampler):
        trials, or the end of the range), the next trial bisects that gap (with a hint: ×8 away, or
        as far as the hint). The optimum often sits just below the cliff, where TPE, counting
        diverged trials as bad, rarely looks.
-    3. **Refine**: sample uniformly around the optimum as ``tuner.fit`` estimates it from the trials so
+    3. **Measure the noise**: the best trial's learning rate runs again with another seed (``study``'s
+       ``repeats_wanted`` times, once by default; ``BatchSizeSampler`` asks as many as make six
+       degrees of freedom over its batch sizes): residuals about a curve through sparse trials next
+       to a sharp bottom are its curvature, not the noise, and the fit reads the noise off repeats.
+       Off with ``replicates=0``.
+    4. **Refine**: sample uniformly around the optimum as ``tuner.fit`` estimates it from the trials so
        far (the best trial until it can), out to its nearest neighbours that ran and as far as the
        estimate's interval reaches (at least ×1.5 and at most ×4 away, never past a diverged value),
        so the trials bracket the optimum closely on both sides: what a local fit of the valley needs.
@@ -59,7 +73,7 @@ class ValleySampler(BaseSampler):
         n_startup_trials: trials spread over the range before bracketing and refining.
         replicates: share of the refining trials that run a learning rate already tried near the
             optimum again (with another seed), or "auto": a quarter where the noise is large
-            against the valley's depth, none otherwise.
+            against the valley's depth, none otherwise; 0 also skips the repeat of step 3.
         seed: makes the proposals reproducible.
     """
 
@@ -103,15 +117,16 @@ class ValleySampler(BaseSampler):
         elif hint is None and len(earlier) < self._n_startup_trials:
             x = self._spread(earlier, param_name, low, high)
         else:
-            x = self._bracket_or_refine(earlier, param_name, study.direction, low, high, hint)
+            x = self._bracket_or_refine(study, earlier, param_name, low, high, hint)
         return float(min(max(math.exp(x), param_distribution.low), param_distribution.high))
 
     def _spread(self, earlier: Sequence[FrozenTrial], name: str, low: float, high: float) -> float:
         first = (math.log(earlier[0].params[name]) - low) / (high - low) if earlier else self._rng.uniform()
         return low + (first + len(earlier) * _GOLDEN) % 1.0 * (high - low)
 
-    def _bracket_or_refine(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
+    def _bracket_or_refine(self, study: optuna.Study, earlier: Sequence[FrozenTrial], name: str,
                            low: float, high: float, hint: float | None) -> float:
+        direction = study.direction
         complete = [t for t in earlier if outcome_of(t) == Outcome.COMPLETE]
         if not complete:  # every run so far diverged (or still runs): search below the lowest divergence
             return self._rng.uniform(low, min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high]))
@@ -129,7 +144,9 @@ class ValleySampler(BaseSampler):
             return _bracket(x_best, cliff, hint)
         if below == -math.inf and x_best - low > _MIN_GAP:
             return _bracket(x_best, low, hint)
-        fit = self._fit(earlier, name, direction)
+        if self._replicates != 0 and _repeats(complete, name) < getattr(study, "repeats_wanted", 1):
+            return x_best  # the noise measured, not guessed: the best run once more, with another seed
+        fit = self._fit(earlier, name, direction, getattr(study, "noise_prior", None))
         center = x_best if fit is None else math.log(fit.lr)
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
@@ -146,11 +163,12 @@ class ValleySampler(BaseSampler):
         reach_down = min(max(center - below, down, _MIN_REACH), _MAX_REACH, center - low)
         return self._rng.uniform(center - reach_down, center + reach_up)
 
-    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection) -> BatchOptimum | None:
+    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
+             prior: NoisePrior | None) -> BatchOptimum | None:
         """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
         single trial is often a lucky one, and refining around it keeps the search on one side.
         The same call as the batch-size shares' and the hint's, so one fit serves all three."""
-        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name)
+        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name, prior=prior)
         return fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
     def _toward_a_wall(self, fit: BatchOptimum | None, center: float, cliff: float,
@@ -198,7 +216,7 @@ class ValleySampler(BaseSampler):
 
 
 def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
-           least: int = MIN_COMPLETE) -> BatchOptimum | None:
+           least: int = MIN_COMPLETE, prior: NoisePrior | None = None) -> BatchOptimum | None:
     """``tuner.fit``'s estimate of the optimum from one batch size's trials (remembered between calls:
     the samplers and the pruner ask again and again); None with fewer than ``least`` complete. The
     range tried stands for the search's: it only bounds the interval of an estimate on one trial."""
@@ -208,7 +226,18 @@ def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
     tried = np.concatenate([found.x, found.pruned_x, found.diverged_x])
     lr_range = (math.exp(tried.min()), math.exp(tried.max()))
     return estimate_cached(tuple(found.x), tuple(found.value), tuple(found.pruned_x), tuple(found.diverged_x),
-                           maximize, lr_range)
+                           maximize, lr_range, prior)
+
+
+def study_noise(trials: Sequence[FrozenTrial], maximize: bool) -> NoisePrior | None:
+    """The noise the study's repeated learning rates measure, over all its batch sizes."""
+    return replicate_noise([batch_trials(group) for group in by_batch_size(trials).values()], maximize)
+
+
+def _repeats(complete: Sequence[FrozenTrial], name: str) -> int:
+    """How many of these runs repeat a learning rate run before (the replicates' degrees of freedom)."""
+    values = [t.params[name] for t in complete]
+    return len(values) - len(set(values))
 
 
 def _auto_share(fit: BatchOptimum) -> float:
