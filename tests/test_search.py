@@ -450,12 +450,12 @@ def test_every_batch_size_repeats_its_best_run_once_so_the_noise_is_measured_not
         return value
 
     study = run(storage, sharp, study={"n_trials": 72}, search={"batch_sizes": SIZES})
-    for b in SIZES:
-        lrs = Counter(t.params["lr"] for t in study.trials if t.params["batch_size"] == b
-                      and t.state == TrialState.COMPLETE)
-        assert max(lrs.values()) >= 2, (b, lrs)
+    for b in SIZES:  # four batch sizes: each repeats twice, for six degrees of freedom
+        runs = Counter(t.params["lr"] for t in study.trials if t.params["batch_size"] == b
+                       and t.state == TrialState.COMPLETE)
+        assert sum(n - 1 for n in runs.values()) >= 2, (b, runs)
     for optimum in fit_study(study).optima:
-        assert 0.4 < optimum.noise / 0.02 < 2.5, (optimum.batch_size, optimum.noise)
+        assert 0.4 < optimum.noise / 0.02 < 3.0, (optimum.batch_size, optimum.noise)
 
 
 def test_replicates_repeat_a_learning_rate_near_the_optimum_with_another_seed(storage, tmp_path):

@@ -10,14 +10,17 @@ valley is deep. In order:
    sparse on a curved valley, which only makes the tests below more cautious). Both are pooled,
    over batch sizes too, but a residual beyond ``WALL_Z`` times the study's median one is a wall
    next to the optimum (runs twenty times worse a step away), never noise: read as noise, one such
-   wall made every batch size's noise a hundred times too large and every test below blind.
+   wall made every batch size's noise a hundred times too large and every test below blind. Nor
+   is the noise ever taken larger than the study's repeated runs allow (``_Batch.noise``): next to
+   a sharp bottom between sparse trials, the residuals are the valley's curvature.
 2. **Bounds.** Every learning rate tried on either side of the best one that did clearly worse than
    it (beyond noise) bounds the optimum, as a divergence does from above: the estimate never lies
    where a trial measured clearly worse.
 3. **Local quadratic.** A weighted quadratic in log-lr is fitted only to the trials near the best
    one: those between the bounds (the bounding trials included, they give the valley its walls) and
    within ``REACH`` of it; far trials (a chance plateau, a distant outlier) never enter. Its vertex
-   is the estimate, kept inside the bounds and no further than ``MARGIN`` beyond the fitted trials.
+   is the estimate, kept inside the bounds and no further than ``MARGIN`` beyond the fitted trials
+   (nor beyond them at all towards a run that did clearly worse than the valley says: a wall).
 4. **Checks.** Where the quadratic is not a valley, or its vertex had to be clipped (the model and
    the trials disagree: it points where the trials say it cannot be), or it claims a dip deeper
    than any trial measured, or it passes further from the trials than their noise explains (a
@@ -156,14 +159,9 @@ class Valley:
         """(mean, standard error, the model's bootstrap values or None where read off the trials).
         Within the trials the model was fitted to it stands for the metric; up to MARGIN beyond them
         it extrapolates, unless the trials there did clearly worse than it says (a wall it did not
-        see: its extrapolation would price a learning rate past the wall as nearly free), or a
-        divergence lies beyond: between the last run and a learning rate that diverged nothing is
-        measured, and the metric may climb from the valley's floor to infinity anywhere in the gap
-        (a rule ×1.02 past the last run, priced as free, lost 130% on the stiff quadratic)."""
+        see: its extrapolation would price a learning rate past the wall as nearly free)."""
         if x >= self.cliff_x:
             return math.inf, 0.0, None
-        if math.isfinite(self.cliff_x) and x > self.groups.x[-1]:
-            return None
         read = self._read_off(x)
         low, high = self.fitted
         if not low - MARGIN <= x <= high + MARGIN:
@@ -262,10 +260,15 @@ class NoisePrior:
     sigma: float
     relative: bool
     df: float | None = None  # the replicates' degrees of freedom, where measured by them alone (pure
-    # error); None where residuals about the valley say it too
+    # error, ``of_replicates``); None where residuals about the valley say it
 
     def at(self, level: float) -> float:
         return self.sigma * abs(level) if self.relative else self.sigma
+
+    def upper(self, level: float) -> float:
+        """The largest noise these replicates allow at ``level`` (the 99% chi-square bound)."""
+        assert self.df is not None
+        return self.at(level) * math.sqrt(self.df / chdtri(self.df, 0.99))
 
     @classmethod
     def pool(cls, evidence: list[NoiseEvidence | None]) -> NoisePrior | None:
@@ -286,7 +289,8 @@ class NoisePrior:
         scatter relative to its own mean for a positive metric that is minimized; None with fewer
         than PRIOR_DF degrees of freedom. Pure error: residuals about a curve also carry the
         valley's curvature where the trials are sparse next to a sharp bottom (on the noisy
-        quadratic they put the noise at ×10 to ×40 its size), replicates only the seeds' scatter."""
+        quadratic they put the noise at ×10 to ×40 its size), replicates only the seeds' scatter;
+        ``_Batch.noise`` caps the residuals' estimate at what they allow."""
         groups = [b.near for b in batches]
         means = np.concatenate([g.mean for g in groups] or [np.zeros(0)])
         scatter = np.concatenate([g.scatter for g in groups] or [np.zeros(0)])
@@ -359,17 +363,17 @@ class _Batch:
         """The learning rates near the best (the candidates), or all where they are too few."""
         return self.groups if self.candidates is None else self.groups.subset(self.candidates)
 
-    def noise(self, prior: NoisePrior | None) -> float | None:
-        """One run's noise here: this batch size's evidence weighed against the prior. Where the prior
-        is the replicates' pure error, the residuals about the valley count only where they are as
-        small as it explains (a lack-of-fit F-test at 99%): larger, they measure the valley's
-        curvature between sparse trials, and only this batch size's replicates count."""
-        if prior is None or prior.df is None:
-            return _noise(self.evidence(_noise(self.scatter, prior)), prior)
-        evidence, pure, expected = self.evidence(prior.at(self.level)), self.near, prior.at(self.level) ** 2
-        if evidence.df > 0 and evidence.ss / evidence.df > fdtri(evidence.df, prior.df, 0.99) * expected:
-            evidence = NoiseEvidence(pure.ss, pure.df, self.level)
-        return prior.combine(evidence)
+    def noise(self, prior: NoisePrior | None, replicated: NoisePrior | None = None) -> float | None:
+        """One run's noise here: this batch size's evidence (the valley's residuals) weighed against
+        the prior, and no larger than the ``replicated`` runs allow: where trials are sparse next to
+        a sharp bottom the residuals are the valley's curvature, not noise (×10 to ×90 its size),
+        while the few replicates alone (six degrees of freedom) put it below 0.6 of its size one
+        study in ten, and noise taken too low turns luck into bounds; the residuals are kept where
+        the replicates do not rule them out."""
+        noise = _noise(self.evidence(_noise(self.scatter, prior)), prior)
+        if replicated is None or noise is None:
+            return noise
+        return min(noise, replicated.upper(self.level))
 
     def beside_walls(self, scale: NoisePrior | None) -> _Batch:
         """The same trials, with residuals beyond WALL_Z of ``scale`` taken for walls."""
@@ -411,15 +415,15 @@ def estimate_optima(batches: list[BatchTrials], maximize: bool, lr_range: tuple[
     scale = NoisePrior.robust([p for p in prepared if p is not None])
     prepared = [None if p is None else p.beside_walls(scale) for p in prepared]
     ready = [p for p in prepared if p is not None]
-    prior = NoisePrior.of_replicates(ready)
-    if prior is None:
-        first = NoisePrior.pool([p.scatter for p in ready])
-        prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
+    first = NoisePrior.pool([p.scatter for p in ready])
+    prior = NoisePrior.pool([p.evidence(_noise(p.scatter, first)) for p in ready]) or first
+    replicated = NoisePrior.of_replicates(ready)
     # one shape for the study: a valley asymmetric at some batch sizes and symmetric at others would
     # bias their optima differently, and the rules with them
-    shapes = [p.shape(p.noise(prior)) for p in ready]
+    shapes = [p.shape(p.noise(prior, replicated)) for p in ready]
     asymmetric = _asymmetry_pays([s for s in shapes if s is not None])
-    return [_estimate(b, p, prior, maximize, lr_range, rng, asymmetric) for b, p in zip(batches, prepared)]
+    return [_estimate(b, p, prior, maximize, lr_range, rng, asymmetric, replicated)
+            for b, p in zip(batches, prepared)]
 
 
 def replicate_noise(batches: list[BatchTrials], maximize: bool) -> NoisePrior | None:
@@ -429,22 +433,23 @@ def replicate_noise(batches: list[BatchTrials], maximize: bool) -> NoisePrior | 
 
 
 def estimate_optimum(trials: BatchTrials, maximize: bool, lr_range: tuple[float, float],
-                     rng: np.random.Generator, prior: NoisePrior | None = None) -> BatchOptimum:
-    """The optimum at one batch size, from its trials alone (and the noise ``prior``, if given)."""
+                     rng: np.random.Generator, replicated: NoisePrior | None = None) -> BatchOptimum:
+    """The optimum at one batch size, from its trials alone (the noise no larger than the study's
+    ``replicated`` runs allow, if given)."""
     batch = _Batch.of(trials, maximize)
     batch = None if batch is None else batch.beside_walls(NoisePrior.robust([batch]))
-    return _estimate(trials, batch, prior, maximize, lr_range, rng)
+    return _estimate(trials, batch, None, maximize, lr_range, rng, replicated=replicated)
 
 
 @lru_cache(maxsize=256)
 def estimate_cached(x: tuple[float, ...], value: tuple[float, ...], pruned_x: tuple[float, ...],
                     diverged_x: tuple[float, ...], maximize: bool, lr_range: tuple[float, float],
-                    prior: NoisePrior | None = None) -> BatchOptimum:
+                    replicated: NoisePrior | None = None) -> BatchOptimum:
     """``estimate_optimum`` of one batch size's trials given as tuples (log-lr), remembered: the
     sampler and the pruner ask for the same batch size's fit again and again between two of its
     trials finishing, and a fit costs milliseconds."""
     trials = BatchTrials(0, *(np.asarray(v, dtype=float) for v in (x, value, pruned_x, diverged_x)))
-    return estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0), prior)
+    return estimate_optimum(trials, maximize, lr_range, np.random.default_rng(0), replicated)
 
 
 def _noise(evidence: NoiseEvidence, prior: NoisePrior | None) -> float | None:
@@ -453,13 +458,13 @@ def _noise(evidence: NoiseEvidence, prior: NoisePrior | None) -> float | None:
 
 def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | None, maximize: bool,
               lr_range: tuple[float, float], rng: np.random.Generator,
-              asymmetric: bool | None = None) -> BatchOptimum:
+              asymmetric: bool | None = None, replicated: NoisePrior | None = None) -> BatchOptimum:
     counts = {"batch_size": trials.batch_size, "n_trials": trials.n_trials, "n_complete": len(trials.x),
               "n_pruned": len(trials.pruned_x), "n_diverged": len(trials.diverged_x)}
     if batch is None:
         return BatchOptimum(lr=None, ci=None, best_lr=None, best_value=None, flags=(NO_COMPLETE,),
                             method=NONE, **counts)
-    noise = batch.noise(prior)
+    noise = batch.noise(prior, replicated)
     groups, best = batch.groups, batch.best
     if batch.candidates is None:
         estimate, interval, method = _best_trial(groups.x[best], batch.tried, batch.cliff, lr_range)
@@ -531,9 +536,11 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
     if len(fitted.x) < MIN_COMPLETE:  # the trials near the best are too few for a valley
         estimate, interval, method = _best_trial(groups.x[best], tried, batch.cliff, lr_range)
         return estimate, estimate, interval, method, _interpolated(groups, noise, estimate, batch.cliff), interval
-    limits = _short_of_walls(_limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned),
-                             fitted, groups)
+    limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
     valley = LocalValley.fit(fitted, limits, asymmetric)
+    walled = _short_of_walls(limits, fitted, groups, valley, noise)
+    if valley is not None and walled != limits:
+        limits, valley = walled, LocalValley.fit(fitted, walled, asymmetric)
     if valley is not None and valley.agrees(fitted, noise, limits):
         spread = np.maximum(np.abs(fitted.mean - valley.at(fitted.x)), (noise or 0.0) / np.sqrt(fitted.count))
         draws = valley.at(fitted.x)[None, :] + spread[None, :] * rng.standard_normal((N_BOOTSTRAP, len(fitted.x)))
@@ -818,18 +825,25 @@ def _limits(fitted: Groups, bounds: tuple[float, float], tried: np.ndarray,
     return lower, upper
 
 
-def _short_of_walls(limits: tuple[float, float], fitted: Groups, groups: Groups) -> tuple[float, float]:
+def _short_of_walls(limits: tuple[float, float], fitted: Groups, groups: Groups, valley: LocalValley | None,
+                    noise: float | None) -> tuple[float, float]:
     """No further than the last fitted trial towards a wall: where the next learning rate tried
-    beyond it did worse than the best by more than twice the fitted valley's height, the metric
-    climbs across that gap by more than the whole valley, and a quadratic that never saw the wall
-    extrapolates its gentle slope into it (on the noisy quadratic: a vertex ×1.04 past the best run
-    next to a run 200 times worse, where the loss was twice the optimum's)."""
+    beyond it did clearly worse than the fitted valley says it should (beyond WORSE_Z standard
+    errors), the metric climbs there faster than the quadratic, which never saw that run, and its
+    extrapolation past the last fitted trial is a gentle slope carried into a wall (on the noisy
+    quadratic: a vertex ×1.04 past the best run, next to a run 200 times worse, where the loss was
+    twice the optimum's)."""
+    if valley is None:
+        return limits
     lower, upper = limits
-    height = fitted.mean.max() - fitted.mean.min()
-    below, above = groups.mean[groups.x < fitted.x[0]], groups.mean[groups.x > fitted.x[-1]]
-    if len(below) and below[-1] > fitted.mean.min() + 2 * height:
+    below, above = np.flatnonzero(groups.x < fitted.x[0]), np.flatnonzero(groups.x > fitted.x[-1])
+
+    def wall(i: int) -> bool:
+        return groups.mean[i] - valley.at(groups.x[i])[0] > WORSE_Z * (noise or 0.0) / math.sqrt(groups.count[i])
+
+    if len(below) and wall(below[-1]):
         lower = max(lower, fitted.x[0])
-    if len(above) and above[0] > fitted.mean.min() + 2 * height:
+    if len(above) and wall(above[0]):
         upper = min(upper, fitted.x[-1])
     return lower, upper
 
