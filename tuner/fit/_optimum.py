@@ -348,20 +348,19 @@ class _Batch:
         return float(self.groups.mean[self.best])
 
     @property
+    def near(self) -> Groups:
+        """The learning rates near the best (the candidates), or all where they are too few."""
+        return self.groups if self.candidates is None else self.groups.subset(self.candidates)
+
+    @property
     def scatter(self) -> NoiseEvidence:
         """The noise as the neighbours' scatter (and replicates) says it, among the candidates."""
-        near = self.groups if self.candidates is None else self.groups.subset(self.candidates)
-        return _scatter(near, self.level, self.wall)
+        return _scatter(self.near, self.level, self.wall)
 
     @property
     def residuals(self) -> np.ndarray:
         """The neighbours' pseudo-residuals among the candidates, in the metric's units."""
-        return _pseudo_residuals(self.groups if self.candidates is None else self.groups.subset(self.candidates))
-
-    @property
-    def near(self) -> Groups:
-        """The learning rates near the best (the candidates), or all where they are too few."""
-        return self.groups if self.candidates is None else self.groups.subset(self.candidates)
+        return _pseudo_residuals(self.near)
 
     def noise(self, prior: NoisePrior | None, replicated: NoisePrior | None = None) -> float | None:
         """One run's noise here: this batch size's evidence (the valley's residuals) weighed against
