@@ -204,11 +204,15 @@ def _optima(usable: list[BatchOptimum]) -> Optima:
 
 def _reach(y: np.ndarray, cost_x: np.ndarray, cost: np.ndarray, side: int) -> np.ndarray:
     """Per batch size, how far below (side 0) or above (1) its optimum following a rule first costs
-    the tolerated cost; inf where it never does within the trials."""
+    the tolerated cost more than the optimum itself does; inf where it never does within the trials.
+    The costs count from the learning rate to use, which may stand off the valley's bottom; counted
+    from the bottom, a step towards it cost the tolerated cost at once (×1.003 away), and the rule
+    was pinned to that one batch size's bottom."""
     reach = np.full(len(y), np.inf)
     for i, (x, c) in enumerate(zip(cost_x, cost)):
         beyond = (x > y[i]) if side else (x < y[i])
-        hit = beyond & (np.nan_to_num(c) >= 1.0)
+        at_optimum = np.nan_to_num(np.interp(y[i], x, c))
+        hit = beyond & (np.nan_to_num(c) >= at_optimum + 1.0)
         if hit.any():
             reach[i] = float(np.min(np.abs(x[hit] - y[i])))
     return reach
