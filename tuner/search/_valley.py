@@ -166,7 +166,17 @@ class ValleySampler(BaseSampler):
         up, down = ((math.log(fit.ci[1]) - center, center - math.log(fit.ci[0])) if fit is not None else (0.0, 0.0))
         reach_up = min(max(min(above, cliff) - center, up, _MIN_REACH), _MAX_REACH, cliff - center)
         reach_down = min(max(center - below, down, _MIN_REACH), _MAX_REACH, center - low)
-        return self._rng.uniform(center - reach_down, center + reach_up)
+        return self._into_widest_gap([x_best, *ran], center - reach_down, center + reach_up)
+
+    def _into_widest_gap(self, ran: Sequence[float], start: float, end: float) -> float:
+        """A point in the middle half of the widest gap between the learning rates run in
+        [start, end] (its ends count as run): drawn uniformly instead, trials left a stretch ×1.37
+        wide between the best run and the wall unmeasured for nine trials in a row, and the
+        optimum lay in it (noisy quadratic, B=1024, ×0.87 of the truth, 11% lost)."""
+        points = np.unique([start, end, *(x for x in ran if start < x < end)])
+        widest = int(np.argmax(np.diff(points)))
+        quarter = (points[widest + 1] - points[widest]) / 4
+        return float(self._rng.uniform(points[widest] + quarter, points[widest + 1] - quarter))
 
     def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
              replicated: NoisePrior | None) -> BatchOptimum | None:
