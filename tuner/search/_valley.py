@@ -52,8 +52,8 @@ class ValleySampler(BaseSampler):
        trials, or the end of the range), the next trial bisects that gap (with a hint: ×8 away, or
        as far as the hint). The optimum often sits just below the cliff, where TPE, counting
        diverged trials as bad, rarely looks.
-    3. **Measure the noise**: once MIN_FIT trials completed, the next trial repeats the best one's
-       learning rate with another seed, where it lies within ×1.15 of the estimate (``study``'s
+    3. **Measure the noise**: once MIN_FIT trials completed, the next trial repeats with another
+       seed the learning rate that did best within ×1.15 of the estimate (``study``'s
        ``repeats_wanted`` times, once by default; ``BatchSizeSampler`` asks as many as make six
        degrees of freedom over its batch sizes): residuals about a curve through sparse trials
        next to a sharp bottom are its curvature, not the noise, and the fit takes the noise no
@@ -61,10 +61,11 @@ class ValleySampler(BaseSampler):
        ``noise_prior``). Not before MIN_FIT: on a budget of six trials a batch size, a repeat in
        their place took a learning rate from the valley (on the noisy quadratic at 48 trials, the
        worst batch size ×1.51 -> ×1.96, 10 seeds). Off with ``replicates=0``.
-    4. **Refine**: sample uniformly around the optimum as ``tuner.fit`` estimates it from the trials so
-       far (the best trial until it can), out to its nearest neighbours that ran and as far as the
-       estimate's interval reaches (at least ×1.5 and at most ×4 away, never past a diverged value),
-       so the trials bracket the optimum closely on both sides: what a local fit of the valley needs.
+    4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit`` estimates
+       it from the trials so far (the best trial until it can), out to its nearest neighbours that
+       ran and as far as the estimate's interval reaches (at least ×1.5 and at most ×4 away, never
+       past a diverged value), so the trials bracket the optimum closely on both sides: what a local
+       fit of the valley needs.
        First, where the valley has no wall near the estimate on one side (the nearest run that did
        clearly worse lies more than ×1.5 beyond the last one as good as the best), the next trial
        goes into the half of that gap next to the good runs: until both walls are found, the
@@ -76,9 +77,10 @@ class ValleySampler(BaseSampler):
 
     Args:
         n_startup_trials: trials spread over the range before bracketing and refining.
-        replicates: share of the refining trials that run a learning rate already tried near the
-            optimum again (with another seed), or "auto": a quarter where the noise is large
-            against the valley's depth, none otherwise; 0 also skips the repeat of step 3.
+        replicates: share of the refining trials that run again (with another seed) the learning
+            rate that did best within ×1.15 of the estimated optimum, or "auto": a quarter where the
+            noise is large against the valley's depth, none otherwise; 0 also skips the repeat of
+            step 3.
         seed: makes the proposals reproducible.
     """
 
@@ -215,21 +217,23 @@ class ValleySampler(BaseSampler):
         return float(self._rng.uniform(min(edge, (edge + wall) / 2), max(edge, (edge + wall) / 2)))
 
     def _replicate(self, fit: BatchOptimum | None, center: float, owed: bool = False) -> float | None:
-        """The learning rate tried nearest the estimated optimum again (another seed), when it lies
-        within ×1.15 of it and has run fewer than MAX_RUNS times: always while repeats are ``owed``
-        (the noise is measured there), then now and then where the noise is large against the
-        valley's depth, so that the optimum and its cost do not rest on one seed's luck."""
+        """The learning rate that did best within ×1.15 of the estimated optimum again (another seed),
+        among those run fewer than MAX_RUNS times: always while repeats are ``owed`` (the noise is
+        measured there), then now and then where the noise is large against the valley's depth, so
+        that the optimum and its cost do not rest on one seed's luck. The best, not the nearest: a
+        lucky run looks best, and only its repeat says so (the nearest, repeated three times on the
+        stiff quadratic, left a lucky run next to the wall to pull the estimate ×1.44 of the truth)."""
         if fit is None or fit.valley is None or fit.noise is None or self._replicates == 0:
             return None
         share = 1.0 if owed else self._replicates if self._replicates != "auto" else _auto_share(fit)
         if share <= 0 or self._rng.uniform() >= share:
             return None
         groups = fit.valley.groups
-        # owed: the best run's, where the noise is worst for the fit (a lucky seed looks best)
-        nearest = int(np.argmin(groups.mean if owed else np.abs(groups.x - center)))
-        if abs(groups.x[nearest] - center) > _REPLICATE_REACH or groups.count[nearest] >= MAX_RUNS:
+        # the best run near the optimum: a lucky seed looks best, and its repeat says so
+        near = (np.abs(groups.x - center) <= _REPLICATE_REACH) & (groups.count < MAX_RUNS)
+        if not near.any():
             return None  # no run close to the optimum yet: a new learning rate says more
-        return float(groups.x[nearest])
+        return float(groups.x[near][np.argmin(groups.mean[near])])
 
 
 def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
