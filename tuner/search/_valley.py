@@ -64,8 +64,8 @@ class ValleySampler(BaseSampler):
     4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit`` estimates
        it from the trials so far (the best trial until it can), out to its nearest neighbours that
        ran and as far as the estimate's interval reaches (at least ×1.5 and at most ×4 away, never
-       past a diverged value), so the trials bracket the optimum closely on both sides: what a local
-       fit of the valley needs.
+       past a diverged value or a run that did clearly worse: the valley's fit ends there), so the
+       trials bracket the optimum closely on both sides: what a local fit of the valley needs.
        First, where the valley has no wall near the estimate on one side (the nearest run that did
        clearly worse lies more than ×1.5 beyond the last one as good as the best), the next trial
        goes into the half of that gap next to the good runs: until both walls are found, the
@@ -168,7 +168,11 @@ class ValleySampler(BaseSampler):
         up, down = ((math.log(fit.ci[1]) - center, center - math.log(fit.ci[0])) if fit is not None else (0.0, 0.0))
         reach_up = min(max(min(above, cliff) - center, up, _MIN_REACH), _MAX_REACH, cliff - center)
         reach_down = min(max(center - below, down, _MIN_REACH), _MAX_REACH, center - low)
-        return self._into_widest_gap([x_best, *ran], center - reach_down, center + reach_up)
+        # never past the nearest run either side that did clearly worse: the valley's fit ends there
+        worse = _clearly_worse_x(fit)
+        start = max([center - reach_down, *worse[worse < center]])
+        end = min([center + reach_up, *worse[worse > center]])
+        return self._into_widest_gap([x_best, *ran], start, end)
 
     def _into_widest_gap(self, ran: Sequence[float], start: float, end: float) -> float:
         """A point in the middle half of the widest gap between the learning rates run in
@@ -198,7 +202,7 @@ class ValleySampler(BaseSampler):
         if fit is None or fit.valley is None:
             return None
         groups = fit.valley.groups
-        worse = clearly_worse(groups, int(np.argmin(groups.mean)), fit.noise)
+        worse = np.isin(groups.x, _clearly_worse_x(fit))
         gaps = []
         for way in (-1.0, 1.0):
             beyond = way * (groups.x - center) > 0
@@ -234,6 +238,14 @@ class ValleySampler(BaseSampler):
         if not near.any():
             return None  # no run close to the optimum yet: a new learning rate says more
         return float(groups.x[near][np.argmin(groups.mean[near])])
+
+
+def _clearly_worse_x(fit: BatchOptimum | None) -> np.ndarray:
+    """The learning rates (log) whose runs did clearly worse than the best (beyond noise)."""
+    if fit is None or fit.valley is None:
+        return np.zeros(0)
+    groups = fit.valley.groups
+    return groups.x[clearly_worse(groups, int(np.argmin(groups.mean)), fit.noise)]
 
 
 def fit_of(trials: Sequence[FrozenTrial], maximize: bool, param: str = LR,
