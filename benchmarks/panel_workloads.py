@@ -61,12 +61,26 @@ def _quadratic_module():
     as it was at an earlier commit, whose quadratic had fewer options)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "tuner" / "workloads" / "quadratic.py"
-    spec = importlib.util.spec_from_file_location("panel_quadratic", path)
+    import tuner.workload
+
+    root = Path(__file__).resolve().parents[1] / "tuner"
+    if not hasattr(tuner.workload, "DIVERGENCE_FACTOR"):  # an earlier commit's tuner predates the constant
+        tuner.workload.DIVERGENCE_FACTOR = _assigned(root / "workload.py", "DIVERGENCE_FACTOR")  # it reads
+    spec = importlib.util.spec_from_file_location("panel_quadratic", root / "workloads" / "quadratic.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # pydantic resolves the Options annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def _assigned(path: Path, name: str):
+    """The literal value ``name`` is assigned at the top level of the Python file at ``path``."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"{name} is not assigned in {path}")
 
 
 @dataclass(frozen=True)
