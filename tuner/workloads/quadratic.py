@@ -38,7 +38,10 @@ class Options(BaseModel):
         "geometric", description="geometric: log-spaced over `curvatures`; harmonic: h_i = highest / i for "
                                  "i = 1…dims (Zhang et al. 2019's h_i = 1/i; the lowest curvature is ignored)")
     noise: float = Field(1.0, ge=0, description="gradient-noise variance per sample, relative to curvature")
-    reports: int = Field(8, gt=0, le=10**4, description="evenly spaced reports per run")
+    reports: int = Field(8, gt=0, le=10**4, description="reports per run")
+    spacing: Literal["even", "log"] = Field(
+        "even", description="even: reports every run/reports steps; log: at steps spaced evenly on a log scale "
+                            "(a study with a [study] goal reads when a run reaches it to within a few percent)")
     noisy: bool = Field(True, description="false: report the expected loss (no sampling noise)")
 
     @field_validator("curvatures", mode="before")
@@ -142,7 +145,11 @@ def train(run) -> float:
     if total_steps == 0:
         raise ValueError(f"batch size {run.batch_size} exceeds the budget of {o.samples} samples")
     rng = np.random.default_rng(run.seed)
-    boundaries = np.unique(np.linspace(0, total_steps, o.reports + 1).round().astype(int))
+    if o.spacing == "log":
+        spaced = np.geomspace(1, total_steps, o.reports)
+    else:
+        spaced = np.linspace(0, total_steps, o.reports + 1)
+    boundaries = np.unique(np.r_[0, spaced.round()].astype(int))
     loss, done = initial_loss, 0
     for steps in boundaries[1:]:
         if o.noisy:
