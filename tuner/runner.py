@@ -34,7 +34,14 @@ from tuner.errors import InputError, Interrupted, Stopped, StorageFailing, Workl
 from tuner.fit import FitResult, fit_study, load_fit, save_fit
 from tuner.progress import TrialProgress
 from tuner.recovery import mark_worker, recover_dead_trials
-from tuner.search import BatchSizePruner, BatchSizeSampler, SameStepMedianPruner, ValleyPruner, ValleySampler
+from tuner.search import (
+    BatchSizePruner,
+    BatchSizeSampler,
+    GoalPruner,
+    SameStepMedianPruner,
+    ValleyPruner,
+    ValleySampler,
+)
 from tuner.spec import StudySpec, load_spec, parse_spec
 from tuner.storage import load_study, open_storage, redact, storage_url
 from tuner.trials import (
@@ -50,7 +57,7 @@ from tuner.trials import (
     search_trials,
 )
 from tuner.workers import STUDY_DIR_ENV, WORKER_INDEX_ENV, start_workers, stopped_by_signals, wait
-from tuner.workload import Workload, describe_exception, load_workload, run_trial, trial_seed
+from tuner.workload import Goal, Workload, describe_exception, load_workload, run_trial, trial_seed
 
 # a workload that fails this many trials in a row is broken, not unlucky: stop and say why
 MAX_CONSECUTIVE_FAILURES = 5
@@ -162,7 +169,7 @@ def stored_spec(study: optuna.Study) -> StudySpec | None:
 
 def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
     """Create the spec's study, or load it and check that this spec may continue it."""
-    study = _create_or_load(spec.study.name, storage, spec.study.direction)
+    study = _create_or_load(spec.study.name, storage, spec.study.objective)
     previous = stored_spec(study)
     if previous is None and study.trials:
         raise InputError(f"study '{spec.study.name}' exists but was not made by `tuner run`; "
@@ -234,6 +241,8 @@ def make_pruner(spec: StudySpec) -> BasePruner:
     search = spec.search
     if search.pruner == "none":
         return NopPruner()
+    if spec.study.goal is not None:  # scored by steps, not by the metric the runs report
+        return BatchSizePruner(GoalPruner(n_warmup_steps=search.pruner_warmup_samples))
     within = ValleyPruner if search.pruner == "valley" else SameStepMedianPruner
     return BatchSizePruner(within(n_startup_trials=search.pruner_startup_trials,
                                   n_warmup_steps=search.pruner_warmup_samples))
@@ -243,6 +252,7 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
     """The trial: a batch size, a learning rate, a training run. A storage that fails to write (a
     full disk, a database gone) is not the workload failing: ``watch`` is told, to stop the run."""
     sizes, (low, high) = spec.search.batch_sizes, spec.search.lr
+    goal = Goal(spec.study.goal, spec.study.direction == "maximize") if spec.study.goal is not None else None
 
     def ask(trial: optuna.Trial) -> tuple[int, float]:
         try:
@@ -262,7 +272,7 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
         try:
             batch_size, lr = ask(trial)
             seed = trial.user_attrs[SEED] if is_verification(trial) else trial_seed(spec.study.seed, trial.number)
-            return run_trial(workload, trial, batch_size, lr, seed)
+            return run_trial(workload, trial, batch_size, lr, seed, goal)
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             failure = _failed_write(e)
             if watch is not None:

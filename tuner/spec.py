@@ -58,8 +58,16 @@ class _Table(BaseModel):
 class StudyTable(_Table):
     name: str
     n_trials: PositiveInt
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Literal["minimize", "maximize"] = "minimize"  # the metric's
     seed: NonNegativeInt = 0
+    # a metric value to reach: each batch size is tuned for the fewest steps to it (Shallue et al. 2019),
+    # a run stops when it gets there, and the trial's value is the steps it took (minimized)
+    goal: float | None = Field(None, allow_inf_nan=False)
+
+    @property
+    def objective(self) -> Literal["minimize", "maximize"]:
+        """What the Optuna study optimizes: the metric, or with a ``goal`` the steps to it (fewer is better)."""
+        return "minimize" if self.goal is not None else self.direction
 
     @field_validator("name")
     @classmethod
@@ -160,6 +168,14 @@ class StudySpec(_Table):
     search: SearchTable
     workload: WorkloadTable
 
+    @model_validator(mode="after")
+    def _pruner_for_the_goal(self) -> StudySpec:
+        if self.study.goal is not None and self.search.pruner == "median":
+            raise ValueError("[search] pruner = \"median\" compares the metric at equal samples, but with a [study] "
+                             "goal the trials are scored by the steps to it; use \"valley\" (stops a run once it "
+                             "took twice the steps of the fastest) or \"none\"")
+        return self
+
     def to_stored(self) -> dict[str, Any]:
         """Plain JSON for the study's user attributes (the spec travels with the study)."""
         stored = self.model_dump(mode="json")
@@ -186,6 +202,9 @@ class StudySpec(_Table):
                 f"study '{name}' was run with workload {_show(stored.workload)}, this spec has "
                 f"{_show(self.workload)}; use a new study name (--study-name) for a different workload"
             )
+        if self.study.goal != stored.study.goal:
+            raise InputError(f"study '{name}' was run {_goal_text(stored.study.goal)}, this spec "
+                             f"{_goal_text(self.study.goal)}; use a new study name (--study-name) for another goal")
         if self.study.direction != stored.study.direction:
             raise InputError(f"study '{name}' was run to {stored.study.direction} the metric, "
                              f"this spec says {self.study.direction}")
@@ -265,6 +284,10 @@ def _known_keys(loc: tuple[Any, ...]) -> str:
         return f" (tables are {', '.join(f'[{t}]' for t in _TABLES)})"
     table = _TABLES.get(loc[0])
     return f" (known keys: {', '.join(table.model_fields)})" if table else ""
+
+
+def _goal_text(goal: float | None) -> str:
+    return "for the final metric" if goal is None else f"for the fewest steps to goal = {goal:g}"
 
 
 def _show(workload: WorkloadTable) -> str:

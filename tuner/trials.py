@@ -3,7 +3,8 @@
 Parameters ``batch_size`` (an int, log scale) and ``lr`` (a float, log scale). The state is Optuna's
 own; user attributes say what happened in terms a person reads in optuna-dashboard:
 
-* ``outcome``: ``complete`` (value is the final metric), ``pruned`` (stopped by the pruner),
+* ``outcome``: ``complete`` (value is the final metric; in a study with a ``goal``, the steps the run
+  took to reach it), ``pruned`` (stopped by the pruner, or a run that never reached the goal),
   ``diverged`` (NaN/inf or FloatingPointError; stored as PRUNED so it counts as finished and Optuna
   tools treat it as a bad trial, without a sentinel value squashing the plots) or ``failed``.
 * ``samples``: training samples seen, the largest step the workload reported.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 
@@ -161,3 +162,19 @@ def noise_scale(record: dict, low: float = 0.0, high: float = math.inf) -> float
     gradient = (batch * big - half * small) / (batch - half)
     noise = (small - big) / (1 / half - 1 / batch)
     return noise / gradient if gradient > 0 and noise > 0 else None
+
+
+def samples_to_reach(samples: Sequence[float], values: Sequence[float], goal: float, maximize: bool) -> float:
+    """Samples seen when a learning curve (reports of ``values`` after ``samples``) first reaches
+    ``goal``, between the reports either side of it (the metric linear in log samples: exact to a few
+    percent with reports every few percent of the run); inf where it never does. Reached by the first
+    report, the curve says only that it took no longer than that."""
+    sign = -1.0 if maximize else 1.0
+    for k, (seen, value) in enumerate(zip(samples, values)):
+        if sign * value <= sign * goal:
+            before, earlier = (samples[k - 1], sign * values[k - 1]) if k else (0.0, math.inf)
+            if before <= 0 or not earlier > sign * value:
+                return float(seen)
+            share = (earlier - sign * goal) / (earlier - sign * value)
+            return float(math.exp(math.log(before) + share * math.log(seen / before)))
+    return math.inf

@@ -44,25 +44,48 @@ class TrialDiverged(optuna.TrialPruned):
     """Raised by ``Run.report`` on a NaN/inf value: the run stops and is recorded as diverged."""
 
 
+class GoalReached(optuna.TrialPruned):
+    """Raised by ``Run.report`` once the metric reaches the study's ``goal``: the run stops (as a pruned
+    one does, so a training loop or script that stops on ``TrialPruned`` stops on it) and is complete."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A metric value to reach (``[study] goal``), and which way the metric improves."""
+
+    value: float
+    maximize: bool
+
+    def reached(self, metric: float) -> bool:
+        return metric >= self.value if self.maximize else metric <= self.value
+
+    def steps(self, reports: list[tuple[int, float]], batch_size: int) -> float:
+        """Optimizer steps until the reports first reach the goal (between two reports); inf if never."""
+        samples, values = zip(*reports) if reports else ((), ())
+        return trials.samples_to_reach(samples, values, self.value, self.maximize) / batch_size
+
+
 class Run:
     """One training run: what the workload reads, and where it reports progress."""
 
     def __init__(self, lr: float, batch_size: int, seed: int = 0,
                  options: Mapping[str, Any] | None = None, trial: optuna.Trial | None = None,
-                 direction: str = "minimize"):
+                 direction: str = "minimize", goal: Goal | None = None):
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.direction = direction  # the study's: whether the metric reported is minimized or maximized
+        self.direction = direction  # whether the metric reported is minimized or maximized
         self.options = MappingProxyType(dict(options or {}))
         self.samples_seen = 0
         self.noise_scale: dict | None = None  # what B_simple is read from, where the workload measures it
         # (train_torch's noise_scale; tuner.trials.noise_scale reads it)
         self.reports: list[tuple[int, float]] = []
         self._trial = trial
+        self._goal = goal
 
     def report(self, step: int, value: float) -> None:
-        """Record the metric after ``step`` training samples; raises optuna.TrialPruned to stop."""
+        """Record the metric after ``step`` training samples; raises optuna.TrialPruned to stop (also
+        when the metric reached the study's goal: ``GoalReached``)."""
         if isinstance(step, bool) or not float(step).is_integer() or step < 0:
             raise ValueError(f"run.report: step counts samples seen, a non-negative integer; got {step!r}")
         step, value = int(step), _number(value, f"run.report: the metric after {step} samples was {value!r}")
@@ -72,6 +95,9 @@ class Run:
         self.reports.append((step, value))
         if self._trial is not None:
             self._trial.report(value, step)
+        if self._goal is not None and self._goal.reached(value):
+            raise GoalReached(f"reached {self._goal.value:g} after {step} samples")
+        if self._trial is not None:
             if self._trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after {step} samples")
 
@@ -170,17 +196,24 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: float, seed: int) -> float:
-    """Train once and record what happened on the trial (see ``tuner.trials``).
+def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: float, seed: int,
+              goal: Goal | None = None) -> float:
+    """Train once and record what happened on the trial (see ``tuner.trials``); the final metric, or
+    with a ``goal`` the steps the run took to reach it (the run stops there).
 
-    Diverged runs end as PRUNED with outcome ``diverged``; other exceptions propagate after the
-    error is stored, so Optuna fails the trial and the study goes on.
+    Diverged runs end as PRUNED with outcome ``diverged``, and so do runs that never reach the goal
+    with outcome ``pruned`` (they took longer than their budget); other exceptions propagate after
+    the error is stored, so Optuna fails the trial and the study goes on.
     """
-    direction = "maximize" if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-    run = Run(lr=lr, batch_size=batch_size, seed=seed, options=workload.options, trial=trial, direction=direction)
+    maximize = goal.maximize if goal is not None else trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    run = Run(lr=lr, batch_size=batch_size, seed=seed, options=workload.options, trial=trial,
+              direction="maximize" if maximize else "minimize", goal=goal)
     try:
         value = workload.train(run)
         value = _as_metric(value)
+    except GoalReached:
+        _record(trial, run, Outcome.COMPLETE)
+        return goal.steps(run.reports, batch_size)
     except (TrialDiverged, FloatingPointError) as e:
         _record(trial, run, Outcome.DIVERGED)
         raise optuna.TrialPruned(f"diverged: {e}") from e
@@ -201,8 +234,26 @@ def run_trial(workload: Workload, trial: optuna.Trial, batch_size: int, lr: floa
                                 "Exception), not exit")
         _record(trial, run, Outcome.FAILED, error=str(exited))
         raise exited from None
+    if goal is not None:
+        return _final_steps(trial, run, goal, value)
     _record(trial, run, Outcome.COMPLETE)
     return value
+
+
+def _final_steps(trial: optuna.Trial, run: Run, goal: Goal, final: float) -> float:
+    """The steps to the goal of a run that trained to its end (a loop that caught ``GoalReached``,
+    or one that reaches the goal only in its final metric: then it took the whole run). A run that
+    never reached it is stopped like a pruned one: it needed more than its budget."""
+    steps = goal.steps(run.reports, run.batch_size)
+    if math.isinf(steps) and not goal.reached(final):
+        _record(trial, run, Outcome.PRUNED)
+        raise optuna.TrialPruned(f"did not reach {goal.value:g} in {run.samples_seen} samples")
+    if math.isinf(steps) and not run.samples_seen:
+        error = "train(run) must report the samples seen (run.report) for the steps to the goal to be counted"
+        _record(trial, run, Outcome.FAILED, error=error)
+        raise ValueError(error)
+    _record(trial, run, Outcome.COMPLETE)
+    return steps if math.isfinite(steps) else run.samples_seen / run.batch_size
 
 
 class WorkloadExited(Exception):

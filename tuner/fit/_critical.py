@@ -29,10 +29,10 @@ import numpy as np
 
 from tuner.fit._data import BatchTrials, Curve
 from tuner.fit._model import Frozen
-from tuner.fit._optimum import BatchOptimum
+from tuner.fit._optimum import Z95, BatchOptimum
 from tuner.fit._rules import SATURATING, Rule, bend_interval, fit_bend
 from tuner.fit._verdict import b_noise_interval, format_batch_size, interval_text
-from tuner.trials import noise_scale
+from tuner.trials import noise_scale, samples_to_reach
 
 REACHING = 3         # the default target: every batch size has at least this many runs that reach it
 NEAREST = 3          # the gradient noise scale: at least the runs this near each optimum
@@ -80,9 +80,12 @@ class CriticalBatch(Frozen):
 
 
 def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], maximize: bool,
-                      target: float | None, rng: np.random.Generator) -> CriticalBatch | None:
+                      target: float | None, rng: np.random.Generator,
+                      goal: float | None = None) -> CriticalBatch | None:
     """Steps to ``target`` (None: the best value every batch size reaches) at each batch size whose
-    optimum the rules use, and the critical batch size; None where no learning curves were reported."""
+    optimum the rules use, and the critical batch size; None where no learning curves were reported.
+    In a study scored by the steps to ``goal`` (the trials' values are those steps, the optima theirs),
+    the steps to it are read off each batch size's fitted valley at its optimum."""
     sign = -1.0 if maximize else 1.0  # lower is better after multiplying by sign
     curves = {o.batch_size: b.curves for b, o in zip(batches, optima) if o.usable and b.curves}
     if not curves:
@@ -90,8 +93,11 @@ def estimate_critical(batches: list[BatchTrials], optima: list[BatchOptimum], ma
     default = target is None
     if default:
         target = sign * max(_reached_by_several(c, sign) for c in curves.values())
-    readings = CriticalBatch(target=target, default_target=default,
-                             batches=[_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())])
+    if goal is not None and target == goal:
+        steps = [_steps_at_optimum(o, len(curves[o.batch_size])) for o in optima if o.batch_size in curves]
+    else:
+        steps = [_steps(b, c, sign * target, sign, rng) for b, c in sorted(curves.items())]
+    readings = CriticalBatch(target=target, default_target=default, batches=steps)
     return readings.model_copy(update={**_fit(readings.timed),
                                        **_noise_scale(batches, optima, sign * target, sign, rng)})
 
@@ -144,19 +150,23 @@ def _steps(batch_size: int, curves: tuple[Curve, ...], goal: float, sign: float,
                       early=early)
 
 
+def _steps_at_optimum(optimum: BatchOptimum, n_curves: int) -> BatchSteps:
+    """The steps to the goal at a batch size's optimum, where the trials' values are those steps: the
+    fitted valley's mean there, with its 95% interval. The fewest any run took would be biased low,
+    ×0.75-0.9 on the noisy quadratic (a noisy loss crosses a level early, and the fewest of many
+    runs near the optimum is the luckiest); the best runs' mean where no valley was fitted."""
+    batch_size = optimum.batch_size
+    priced = optimum.valley.loss_at(math.log(optimum.lr)) if optimum.valley is not None else None
+    if priced is None or not math.isfinite(priced[0]):
+        priced = (optimum.best_value, optimum.noise or 0.0)
+    mean, se = priced
+    return BatchSteps(batch_size=batch_size, reached=True, samples=mean * batch_size, steps=mean,
+                      steps_ci=(max(mean - Z95 * se, 0.0), mean + Z95 * se), n_curves=n_curves)
+
+
 def _first_reach(curve: Curve, goal: float, sign: float) -> float:
-    """Samples seen when the curve first reaches ``goal``, between the reports either side of it
-    (linear in log samples); inf where it never does."""
-    value = sign * curve.value
-    reached = np.flatnonzero(value <= goal)
-    if not len(reached):
-        return math.inf
-    k = int(reached[0])
-    if k == 0 or curve.samples[k - 1] <= 0:
-        return float(curve.samples[k])
-    (s0, s1), (v0, v1) = np.log(curve.samples[k - 1:k + 1]), value[k - 1:k + 1]
-    share = (v0 - goal) / (v0 - v1) if v0 > v1 else 1.0
-    return float(math.exp(s0 + share * (s1 - s0)))
+    """Samples seen when the curve first reaches ``goal`` (sign-flipped units); inf where it never does."""
+    return samples_to_reach(curve.samples, sign * curve.value, goal, maximize=False)
 
 
 def _fit(reached: list[BatchSteps]) -> dict:

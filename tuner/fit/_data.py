@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import optuna
@@ -62,6 +62,8 @@ class StudyData:
     batches: list[BatchTrials]     # ascending batch size
     lr_range: tuple[float, float]  # the widest range searched
     infeasible: frozenset[int]     # batch sizes that ran out of memory
+    goal: float | None = None      # a metric value the study scored the steps to (trial values are steps)
+    metric_maximize: bool = False  # whether the metric the runs reported improves upwards
 
 
 @dataclass
@@ -134,7 +136,23 @@ def read_study(study: optuna.Study) -> StudyData:
         low, high = (math.exp(tried.min()), math.exp(tried.max())) if len(tried) else (math.nan, math.nan)
     maximize = len(study.directions) == 1 and study.direction == StudyDirection.MAXIMIZE
     infeasible = frozenset(attrs.get(INFEASIBLE_ATTR, ()))
-    return StudyData(study.study_name, maximize, batches, (low, high), infeasible)
+    goal, metric_maximize = _spec_goal(attrs)
+    if goal is not None:  # the untrained model's metric is no level of the steps: no baseline to beat
+        batches = [replace(b, baseline=None) for b in batches]
+    return StudyData(study.study_name, maximize, batches, (low, high), infeasible, goal,
+                     maximize if goal is None else metric_maximize)
+
+
+def _spec_goal(attrs: dict) -> tuple[float | None, bool]:
+    """The stored spec's ``goal`` (None: the trials' values are the final metric) and whether the
+    metric is maximized."""
+    spec = attrs.get(SPEC_ATTR)
+    study = spec.get("study") if isinstance(spec, dict) else None
+    if not isinstance(study, dict):
+        return None, False
+    goal = study.get("goal")
+    usable = isinstance(goal, (int, float)) and not isinstance(goal, bool) and math.isfinite(goal)
+    return (float(goal) if usable else None), study.get("direction") == "maximize"
 
 
 def _search_table(attrs: dict) -> dict:

@@ -71,6 +71,8 @@ class FitResult(Frozen):
     version: str = Field("", alias="tuner_version")
     verify: Verification | None = None  # what `tuner verify` measured at held-out batch sizes
     critical: CriticalBatch | None = None  # steps and samples to a target, the critical batch size
+    goal: float | None = None  # the metric value whose steps the study scored (``[study] goal``): then the
+    # optima, costs and ``direction`` are those of the steps to it, not of the final metric
 
     def with_verification(self, verification: Verification) -> FitResult:
         """This fit with ``verification`` stored, its sentence ending the verdict (an earlier one's replaced)."""
@@ -111,9 +113,10 @@ class FitResult(Frozen):
     @model_serializer(mode="wrap")
     def _stored_form(self, handler) -> dict:
         """As stored: no ``verify`` key until `tuner verify` has run, no ``critical`` key without
-        learning curves (a fit stored before them, read and written again, stays byte-for-byte the same)."""
+        learning curves, no ``goal`` key for a study of the final metric (a fit stored before them, read
+        and written again, stays byte-for-byte the same)."""
         data = handler(self)
-        for key in ("verify", "critical"):
+        for key in ("verify", "critical", "goal"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -144,8 +147,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         reference_batch_size: the batch size the linear and square-root rules are scaled from in the
             verdict and figure; default: the measured batch size nearest the geometric middle.
         seed: seeds the bootstrap, so that fitting the same trials twice gives the same result.
-        target: the metric the steps-to-target reading (``critical``) counts to; default: the best
-            value every batch size reaches.
+        target: the metric the steps-to-target reading (``critical``) counts to; default: the study's
+            ``goal``, else the best value every batch size reaches.
 
     Raises:
         InputError: the study cannot be fitted (one objective needed, and an optimum inside the
@@ -171,16 +174,25 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     fits = fit_rules(_optima(usable), reference.batch_size)
     rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
-    critical = estimate_critical(data.batches, optima, data.maximize, target, rng)
-    verdict = " ".join(p for p in (write_verdict(rules, recommended, optima, reference),
+    critical = estimate_critical(data.batches, optima, data.metric_maximize, target if target is not None
+                                 else data.goal, rng, data.goal)
+    verdict = " ".join(p for p in (_scored_by(data.goal), write_verdict(rules, recommended, optima, reference),
                                    describe(critical, rules[SATURATING])) if p)
     return FitResult(
         study=data.study_name, direction="maximize" if data.maximize else "minimize", batch_sizes=batch_sizes,
         optima=optima, rules=rules, recommended=recommended, reference_batch_size=reference.batch_size,
-        verdict=verdict, critical=critical,
+        verdict=verdict, critical=critical, goal=data.goal,
         warnings=(warnings_for(optima, data.lr_range) + plateau_warnings(rules[recommended], optima)
                   + costly_warnings(rules, recommended, optima)),
         lr_range=data.lr_range, version=__version__)
+
+
+def _scored_by(goal: float | None) -> str:
+    """With a goal, the verdict first says what its numbers count."""
+    if goal is None:
+        return ""
+    return (f"Each batch size was tuned for the fewest steps to reach {goal:g} in the metric, so the optima and "
+            "costs below are of those steps.")
 
 
 def _rule(fit: dict, optima: list[BatchOptimum], reference: BatchOptimum) -> Rule:

@@ -156,6 +156,35 @@ class ValleyPruner(BasePruner):
         return fit_of(trials, maximize, least=1)
 
 
+class GoalPruner(BasePruner):
+    """In a study scored by the steps to a goal (``[study] goal``): stops a run once it has seen
+    ``limit`` times the samples that the fastest complete run of its batch size needed to get there.
+
+    Its steps can then only be more than ``limit`` times the fewest: it cannot be the optimum, and
+    the valley's fit reads the runs near the best, not its far walls (``tuner.fit``'s DEPTH). Fair
+    across batch sizes because ``BatchSizePruner`` hands it one batch size's trials, and across
+    learning rates because it judges samples seen, not a metric a slower start lags on.
+
+    Args:
+        limit: how many times the fastest run's samples a run may take.
+        n_warmup_steps: steps (training samples seen) before a trial can be pruned.
+    """
+
+    def __init__(self, limit: float = 2.0, n_warmup_steps: int = 0) -> None:
+        if not limit >= 1 or n_warmup_steps < 0:
+            raise ValueError("limit must be >= 1 and n_warmup_steps >= 0")
+        self._limit = limit
+        self._n_warmup_steps = n_warmup_steps
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step, batch_size = trial.last_step, trial.params.get(BATCH_SIZE)
+        if not step or step < self._n_warmup_steps or not batch_size:
+            return False
+        steps = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.value is not None and math.isfinite(t.value) and t.value > 0]
+        return bool(steps) and step > self._limit * min(steps) * batch_size
+
+
 def _protected(fit: BatchOptimum, lr: float) -> bool:
     """Inside the optimum's interval, or inside the bracket where no trial did clearly worse yet."""
     low, high = fit.ci
