@@ -152,9 +152,9 @@ def _steps(batch_size: int, curves: tuple[Curve, ...], goal: float, sign: float,
 
 def _steps_at_optimum(optimum: BatchOptimum, n_curves: int) -> BatchSteps:
     """The steps to the goal at a batch size's optimum, where the trials' values are those steps: the
-    fitted valley's mean there, with its 95% interval. The fewest any run took would be biased low,
-    ×0.75-0.9 on the noisy quadratic (a noisy loss crosses a level early, and the fewest of many
-    runs near the optimum is the luckiest); the best runs' mean where no valley was fitted."""
+    fitted valley's mean there, with its 95% interval. The fewest any run took read up to 25% low on
+    Zhang's noisy quadratic (a noisy loss crosses a level early, and the fewest of many runs near
+    the optimum is the luckiest); the best runs' mean where no valley was fitted."""
     batch_size = optimum.batch_size
     priced = optimum.valley.loss_at(math.log(optimum.lr)) if optimum.valley is not None else None
     if priced is None or not math.isfinite(priced[0]):
