@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from tuner.fit import FitResult, fit_study
 from tuner.runner import run
-from tuner.search import BatchSizePruner, GoalPruner
+from tuner.search import GoalPruner
 from tuner.spec import parse_spec
 from tuner.trials import OUTCOME, SAMPLES, Outcome, samples_to_reach
 from tuner.workload import Goal, load_workload, run_trial
@@ -80,19 +80,22 @@ def test_a_run_that_does_not_reach_the_goal_is_pruned_not_scored(goal_study):
     assert {t.user_attrs[SAMPLES] == OPTIONS["samples"] for t in stopped} == {True, False}
 
 
-def test_the_pruner_stops_a_run_once_it_saw_twice_the_samples_of_its_batch_sizes_fastest():
-    study = optuna.create_study(pruner=BatchSizePruner(GoalPruner()))
+@pytest.mark.parametrize(("batch_size", "bound"), [
+    (32, 2 * 20 * 128),   # B=128's fastest needed fewer samples than B=32's (100 steps of 32): it bounds
+    (128, 2 * 20 * 128),
+    (8, 2 * 10 * 8),      # its own fastest
+    (512, None),          # no run at this batch size or above reached the goal yet: never pruned
+])
+def test_the_pruner_stops_a_run_past_twice_the_samples_of_the_fastest_at_its_batch_size_or_above(batch_size, bound):
+    study = optuna.create_study()
     distributions = {"batch_size": IntDistribution(8, 512, log=True), "lr": FloatDistribution(1e-4, 4.0, log=True)}
-    for batch_size, steps in ((32, 100.0), (32, 140.0), (8, 10.0)):  # B=8's fast run does not count at B=32
-        study.add_trial(create_trial(value=steps, params={"batch_size": batch_size, "lr": 0.1},
-                                     distributions=distributions))
-    running = study.ask(distributions)
-    batch_size = running.params["batch_size"]
-    fastest = 100 * 32 if batch_size == 32 else 10 * 8 if batch_size == 8 else None
-    for samples in (1000, 3000, 6400, 6500, 9000):
-        running.report(50.0, samples)
-        expected = fastest is not None and samples > 2 * fastest
-        assert running.should_prune() == expected, (batch_size, samples)
+    for b, steps in ((32, 100.0), (128, 20.0), (8, 10.0)):
+        study.add_trial(create_trial(value=steps, params={"batch_size": b, "lr": 0.1}, distributions=distributions))
+    pruner = GoalPruner()
+    for samples in (100, 159, 161, 5119, 5121, 10**6):
+        running = create_trial(state=TrialState.RUNNING, params={"batch_size": batch_size, "lr": 0.1},
+                               distributions=distributions, intermediate_values={samples: 50.0})
+        assert pruner.prune(study, running) == (bound is not None and samples > bound), (batch_size, samples)
 
 
 def test_the_fit_says_it_counts_steps_and_stores_its_goal(goal_study):

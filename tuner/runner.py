@@ -242,7 +242,7 @@ def make_pruner(spec: StudySpec) -> BasePruner:
     if search.pruner == "none":
         return NopPruner()
     if spec.study.goal is not None:  # scored by steps, not by the metric the runs report
-        return BatchSizePruner(GoalPruner(n_warmup_steps=search.pruner_warmup_samples))
+        return GoalPruner(n_warmup_steps=search.pruner_warmup_samples)
     within = ValleyPruner if search.pruner == "valley" else SameStepMedianPruner
     return BatchSizePruner(within(n_startup_trials=search.pruner_startup_trials,
                                   n_warmup_steps=search.pruner_warmup_samples))

@@ -158,12 +158,17 @@ class ValleyPruner(BasePruner):
 
 class GoalPruner(BasePruner):
     """In a study scored by the steps to a goal (``[study] goal``): stops a run once it has seen
-    ``limit`` times the samples that the fastest complete run of its batch size needed to get there.
+    ``limit`` times the samples that the fastest complete run of its batch size, or of any larger
+    one, needed to get there.
 
-    Its steps can then only be more than ``limit`` times the fewest: it cannot be the optimum, and
-    the valley's fit reads the runs near the best, not its far walls (``tuner.fit``'s DEPTH). Fair
-    across batch sizes because ``BatchSizePruner`` hands it one batch size's trials, and across
-    learning rates because it judges samples seen, not a metric a slower start lags on.
+    Such a run's steps are more than ``limit`` times the fewest its batch size needs: it cannot be
+    the optimum, and the valley's fit reads the runs near the best, not its far walls. A larger batch
+    size bounds a smaller one because the samples to a goal never fall as the batch grows
+    (McCandlish et al. 2018: E(B) = E_min (1 + B / B_crit); Shallue et al. 2019 measured it on 35
+    workloads): so a batch size's first runs, spread over the learning-rate range before any of them
+    reached the goal, do not each run their whole budget. It judges samples seen, not a metric that
+    a slower start lags on, so no learning rate is favoured. Use it unwrapped (``BatchSizePruner``
+    would hide the larger batch sizes).
 
     Args:
         limit: how many times the fastest run's samples a run may take.
@@ -178,11 +183,13 @@ class GoalPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step, batch_size = trial.last_step, trial.params.get(BATCH_SIZE)
-        if not step or step < self._n_warmup_steps or not batch_size:
-            return False
-        steps = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.value is not None and math.isfinite(t.value) and t.value > 0]
-        return bool(steps) and step > self._limit * min(steps) * batch_size
+        if not step or step < self._n_warmup_steps or not batch_size or is_verification(trial):
+            return False  # a verification runs to the goal: it measures a rule's cost
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        fastest = [t.value * t.params[BATCH_SIZE] for t in complete
+                   if t.params.get(BATCH_SIZE, 0) >= batch_size and not is_verification(t)
+                   and t.value is not None and math.isfinite(t.value) and t.value > 0]
+        return bool(fastest) and step > self._limit * min(fastest)
 
 
 def _protected(fit: BatchOptimum, lr: float) -> bool:
