@@ -71,6 +71,11 @@ def test_reports_are_samples_seen_evenly_spread(evals):
     assert max(gaps) - min(gaps) <= 1
 
 
+def test_reports_on_a_log_scale_start_at_the_first_step_and_grow_by_a_constant_factor():
+    run, _ = digits_run(batch_size=64, evals=5, eval_spacing="log")  # 48 steps: 48^(k/4) = 1, 2.6, 6.9, 18, 48
+    assert [samples // 64 for samples, _ in run.reports] == [0, 1, 3, 7, 18, 48]
+
+
 def test_steps_budget_instead_of_epochs():
     assert digits_run(batch_size=128, epochs=None, steps=30)[0].samples_seen == 30 * 128  # 2.5 epochs
     assert digits_run(batch_size=128, epochs=3)[0].samples_seen == 3 * 1536

@@ -4,8 +4,8 @@
 ``run.batch_size`` samples (drawn from a fresh permutation each epoch, so that every batch size
 sees the same number of samples; samples seen = steps x batch size), forward, backward, (clip,)
 step, and a step of the learning-rate schedule (``schedule``, ``warmup``: torch's schedulers); at
-``evals`` points spread evenly over the run it reports the mean validation loss,
-``run.report(samples_seen, loss)``, and it returns the last one. Data lives in memory on the
+``evals`` points spread over the run (evenly, or on a log scale: ``eval_spacing``) it reports the
+validation loss, ``run.report(samples_seen, loss)``, and it returns the last one. Data lives in memory on the
 device and is indexed per batch: no DataLoader, no per-step sync.
 
 A workload of your own is a model and its data handed to ``train_torch``; in ``my_workload.py``
@@ -78,7 +78,10 @@ class TrainerOptions(BaseModel):
     epochs: PositiveInt | None = Field(
         None, description=f"budget in epochs, the same data at every batch size (default {DEFAULT_EPOCHS})")
     steps: PositiveInt | None = Field(None, description="budget in optimizer steps, instead of epochs")
-    evals: PositiveInt = Field(8, description="validation passes spread evenly over the run, each reported")
+    evals: PositiveInt = Field(8, description="validation passes over the run, each reported")
+    eval_spacing: Literal["even", "log"] = Field(
+        "even", description="even: a validation pass every run/evals steps; log: at steps spaced evenly on a log "
+                            "scale from the first (a study with a [study] goal reads when a run reaches it)")
     eval_batch_size: PositiveInt = Field(1024, description="validation samples per forward pass")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's own)")
@@ -175,7 +178,7 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
     inputs, targets = _tensors(train_data, "train_data", device)
     valid_inputs, valid_targets = _tensors(valid_data, "valid_data", device)
     steps = _total_steps(o, len(inputs), run.batch_size)
-    eval_steps = {steps * k // o.evals for k in range(1, o.evals + 1)} - {0}
+    eval_steps = _eval_steps(steps, o.evals, o.eval_spacing)
 
     torch.manual_seed(run.seed)
     net = _build(model).to(device)
@@ -204,6 +207,13 @@ def train_torch(run: Run, model: Callable[[], nn.Module], train_data: Data, vali
                 run.noise_scale = gauge.close(step * run.batch_size)  # so far: a pruned run keeps it
             run.report(step * run.batch_size, value)
     return value
+
+
+def _eval_steps(steps: int, evals: int, spacing: str) -> set[int]:
+    """The steps after which the model is evaluated: ``evals`` of them, evenly spaced or on a log scale."""
+    if spacing == "log" and evals > 1:
+        return {round(steps ** (k / (evals - 1))) for k in range(evals)}
+    return {steps * k // evals for k in range(1, evals + 1)} - {0}
 
 
 class NoiseScale:
