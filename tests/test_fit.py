@@ -461,6 +461,19 @@ def test_the_optimum_is_not_extrapolated_past_the_last_good_run_towards_a_wall()
         assert z <= -0.05 + 1e-9 and loss(z) / loss(0.0) - 1 < 0.05, (optimum.batch_size, z)
 
 
+def test_a_deterministic_valley_that_falls_to_a_wall_is_not_bent_into_a_parabola():
+    # the steps to a goal of noise-free runs (tests/data/zhang-goal-trials.json): ~1/lr up to the
+    # stability limit, then a wall; repeats came out identical, so the noise is zero. Unchecked, a
+    # parabola put B=1024's bottom at lr 1.63, below the best runs, and read 13% too many steps there
+    from tuner.workloads import quadratic
+
+    result = fit_study(stored_study("zhang-goal-trials.json"))
+    optimum = next(o for o in result.optima if o.batch_size == 1024)
+    exact = quadratic.steps_to_target(1.0, 1024, spectrum="harmonic", dims=10000, samples=2**19, noisy=False)
+    assert optimum.noise == 0.0 and 1.85 < optimum.lr < 2.0, optimum
+    assert optimum.valley.loss_at(math.log(optimum.lr))[0] == pytest.approx(exact, rel=0.02)
+
+
 def test_the_noise_is_estimated_from_replicates_and_priced_in_the_costs():
     rng = np.random.default_rng(2)
     study = optuna.create_study()

@@ -624,8 +624,11 @@ class LocalValley:
         if self.coef[0] < best - slack:
             return False
         dof = len(fitted.x) - (3 if self.symmetric else 4)
-        if not noise or dof < 1:
+        if noise is None or dof < 1:
             return True
+        # repeats that came out identical (a deterministic workload): the valley must pass through the
+        # trials to within rounding, else its vertex is a shape the trials did not show
+        noise = noise or math.sqrt(np.finfo(float).eps) * max(abs(best), 1.0)
         chi2 = float(np.sum(fitted.count * (fitted.mean - self.at(fitted.x)) ** 2)) / noise**2
         return chi2 <= chdtri(dof, MISFIT)
 
