@@ -17,6 +17,7 @@ from tuner.fit._optimum import (
     MIN_COMPLETE,
     MIN_FIT,
     QUADRATIC,
+    WORSE_Z,
     BatchOptimum,
     NoisePrior,
     clearly_worse,
@@ -60,7 +61,10 @@ class ValleySampler(BaseSampler):
        larger than the repeats allow (the study's, which ``BatchSizeSampler`` hands over as
        ``noise_prior``). Not before MIN_FIT: on a budget of six trials a batch size, a repeat in
        their place took a learning rate from the valley (on the noisy quadratic at 48 trials, the
-       worst batch size ×1.51 -> ×1.96, 10 seeds). Off with ``replicates=0``.
+       worst batch size ×1.51 -> ×1.96, 10 seeds). Whenever a single run is the best and did better
+       than its neighbours within ×1.15 either side by more than the noise explains, it is repeated
+       at once (a lucky seed looks like that; on the stiff quadratic, 40 seeds, the rule's worst
+       regret 13.8% -> 2.8%). Both off with ``replicates=0``.
     4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit`` estimates
        it from the trials so far (the best trial until it can), out to its nearest neighbours that
        ran and as far as the estimate's interval reaches (at least ×1.5 and at most ×4 away, never
@@ -158,7 +162,9 @@ class ValleySampler(BaseSampler):
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
                    if t.state == TrialState.RUNNING or outcome_of(t) == Outcome.PRUNED]
-        for proposal in (self._toward_a_wall(fit, center, cliff, stopped), self._replicate(fit, center, owed)):
+        lone = _lone_best(fit) if self._replicates != 0 else None
+        for proposal in (lone, self._toward_a_wall(fit, center, cliff, stopped),
+                         self._replicate(fit, center, owed)):
             if proposal is not None:
                 return proposal
         above = min([x for x in ran if x > center] + [math.inf])
@@ -238,6 +244,28 @@ class ValleySampler(BaseSampler):
         if not near.any():
             return None  # no run close to the optimum yet: a new learning rate says more
         return float(groups.x[near][np.argmin(groups.mean[near])])
+
+
+def _lone_best(fit: BatchOptimum | None) -> float | None:
+    """The best learning rate again, where one run alone makes it the best and it did better than the
+    line through its neighbours either side (within ×1.15: too close for the valley's curvature to
+    explain a dip) by more than the noise explains: a lucky seed looks exactly like this, and only a
+    repeat says so. Once repeated, its mean stands. (Noisy quadratic tuned for the steps to a goal,
+    B=32: one run took 139 steps between runs at ×0.99 and ×1.06 that took 182 and 199; read as the
+    optimum, 16% too few.)"""
+    if fit is None or fit.valley is None or not fit.noise:
+        return None
+    g = fit.valley.groups
+    best = int(np.argmin(g.mean))
+    if g.count[best] > 1 or not 0 < best < len(g.x) - 1:
+        return None
+    left, right = best - 1, best + 1
+    if g.x[right] - g.x[left] > 2 * _REPLICATE_REACH:
+        return None
+    a = (g.x[right] - g.x[best]) / (g.x[right] - g.x[left])
+    line = a * g.mean[left] + (1 - a) * g.mean[right]
+    scale = fit.noise * math.sqrt(1 + a**2 / g.count[left] + (1 - a) ** 2 / g.count[right])
+    return float(g.x[best]) if line - g.mean[best] > WORSE_Z * scale else None
 
 
 def _clearly_worse_x(fit: BatchOptimum | None) -> np.ndarray:
