@@ -83,7 +83,7 @@ class SearchTable(_Table):
     sampler: Literal["valley", "tpe", "random"] = "valley"
     startup_trials: PositiveInt = 4
     shares: Literal["auto", "adaptive", "even"] = "auto"  # auto: adaptive from ADAPTIVE_FROM trials per batch size
-    warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size
+    warm_start: bool | None = None  # None: on below WARM_START_BELOW trials per batch size, or with a goal
     replicates: Literal["auto"] | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = "auto"
     pruner: Literal["valley", "median", "none"] = "valley"
     pruner_startup_trials: NonNegativeInt = PRUNER_STARTUP_TRIALS
