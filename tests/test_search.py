@@ -17,6 +17,7 @@ from tuner.search import BatchSizePruner, BatchSizeSampler, BatchSizeView, Valle
 from tuner.search._hint import lr_hint
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
+from tuner.trials import OUTCOME, Outcome
 from tuner.workload import Workload, load_workload
 
 SIZES = [8, 32, 128, 512]
@@ -234,6 +235,22 @@ def test_a_run_luckier_than_its_close_neighbours_is_repeated_at_once():
     assert study.ask(distributions).params["lr"] == 0.5253
     study.add_trial(create_trial(value=183.0, params={"batch_size": 32, "lr": 0.5253}, distributions=distributions))
     assert study.ask(distributions).params["lr"] != 0.5253  # repeated once, its mean stands
+
+
+def test_with_no_run_complete_the_search_bisects_between_the_runs_that_fell_short_and_the_cliff():
+    # tuned for the steps to a goal, runs too slow to reach it are stopped (pruned), not complete:
+    # drawn anywhere below the divergence instead, eight runs at B=1024 on Zhang's quadratic all
+    # landed too low and the batch size was left without an estimate
+    study = optuna.create_study(sampler=ValleySampler(seed=0))
+    for lr, outcome in [(0.001, Outcome.PRUNED), (0.01, Outcome.PRUNED), (0.03, Outcome.PRUNED),
+                        (0.3, Outcome.DIVERGED)]:
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": lr}, distributions={"lr": LR_DIST},
+                                     user_attrs={OUTCOME: outcome}))
+    assert study.ask({"lr": LR_DIST}).params["lr"] == pytest.approx(math.sqrt(0.03 * 0.3))
+    only_diverged = optuna.create_study(sampler=ValleySampler(seed=0))
+    only_diverged.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 0.3}, distributions={"lr": LR_DIST},
+                                         user_attrs={OUTCOME: Outcome.DIVERGED}))
+    assert LR_DIST.low <= only_diverged.ask({"lr": LR_DIST}).params["lr"] < 0.3  # anywhere below it
 
 
 def test_a_search_far_below_its_hint_climbs_to_it():

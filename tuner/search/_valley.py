@@ -139,8 +139,8 @@ class ValleySampler(BaseSampler):
                            low: float, high: float, hint: float | None) -> float:
         direction = study.direction
         complete = [t for t in earlier if outcome_of(t) == Outcome.COMPLETE]
-        if not complete:  # every run so far diverged (or still runs): search below the lowest divergence
-            return self._rng.uniform(low, min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high]))
+        if not complete:  # every run so far diverged, fell short (or still runs): below the lowest divergence
+            return self._short_of_the_cliff(earlier, name, low, high)
         sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
         best = min(complete, key=lambda t: sign * t.value)
         x_best = math.log(best.params[name])
@@ -179,6 +179,17 @@ class ValleySampler(BaseSampler):
         start = max([center - reach_down, *worse[worse < center]])
         end = min([center + reach_up, *worse[worse > center]])
         return self._into_widest_gap([x_best, *ran], start, end)
+
+    def _short_of_the_cliff(self, earlier: Sequence[FrozenTrial], name: str, low: float, high: float) -> float:
+        """With no run complete: below the lowest divergence, and above the highest run that stopped
+        short below it (bisecting that gap), or anywhere below it where none did. In a study scored by
+        the steps to a goal a run too slow to reach it is stopped, not complete: drawn over the whole
+        range below the cliff instead, eight runs at B=1024 on Zhang's quadratic all landed too low
+        and the batch size was left without an estimate."""
+        cliff = min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high])
+        short = [math.log(t.params[name]) for t in earlier if outcome_of(t) == Outcome.PRUNED]
+        short = [x for x in short if x < cliff]
+        return (max(short) + cliff) / 2 if short else self._rng.uniform(low, cliff)
 
     def _into_widest_gap(self, ran: Sequence[float], start: float, end: float) -> float:
         """A point in the middle half of the widest gap between the learning rates run in
