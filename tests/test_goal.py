@@ -181,6 +181,15 @@ def test_a_training_script_is_stopped_at_the_goal_and_scored_by_its_steps(tmp_pa
     assert frozen.duration.total_seconds() < 30
 
 
+def test_a_goal_the_untrained_model_already_reaches_stops_the_study_and_says_why(tmp_path):
+    # the digits MLP reports its untrained loss (about 2.3) at step 0: no steps to count
+    spec = spec_dict(study={"goal": 100.0, "n_trials": 8}, workload={"target": "digits-mlp", "epochs": 1})
+    (tmp_path / "study.toml").write_text(toml_text(spec))
+    p = tuner("run", "study.toml", "--storage", str(tmp_path / "j.log"), cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "already reaches the goal 100: choose a goal that training has to work for" in p.stderr
+
+
 # --- bad input: one line, exit 2, nothing written -------------------------------------------------------
 
 @pytest.mark.parametrize(("study", "search", "says"), [

@@ -96,6 +96,9 @@ class Run:
         if self._trial is not None:
             self._trial.report(value, step)
         if self._goal is not None and self._goal.reached(value):
+            if not step:  # no steps to count: every learning rate would tie at zero
+                raise ValueError(f"the untrained model's metric, {value:g}, already reaches the goal "
+                                 f"{self._goal.value:g}: choose a goal that training has to work for")
             raise GoalReached(f"reached {self._goal.value:g} after {step} samples")
         if self._trial is not None:
             if self._trial.should_prune():
