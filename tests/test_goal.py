@@ -15,7 +15,7 @@ from conftest import spec_dict, toml_text, tuner
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.fit import FitResult, fit_study
+from tuner.fit import FitResult, fit_study, format_fit, to_python
 from tuner.runner import run
 from tuner.search import GoalPruner
 from tuner.spec import parse_spec
@@ -102,6 +102,8 @@ def test_the_fit_says_it_counts_steps_and_stores_its_goal(goal_study):
     result = fit_study(goal_study)
     assert result.goal == GOAL and result.direction == "minimize"
     assert result.verdict.startswith("Each batch size was tuned for the fewest steps to reach 1 in the metric")
+    assert "study 'test' (steps to reach 1 minimized): optimal learning rate" in format_fit(result)
+    assert "'test' (steps to reach 1 minimized)" in to_python(result)  # the exported rule says what it is for
     data = result.to_dict()
     assert data["goal"] == GOAL
     assert FitResult.model_validate(json.loads(json.dumps(data))).to_dict() == data

@@ -10,7 +10,7 @@ import shlex
 import textwrap
 
 from tuner.fit._frameworks import DEFAULT_MODULE, fitted_range, framework_lines, usable
-from tuner.fit._report import past_tense
+from tuner.fit._report import optimized
 from tuner.fit._result import FitResult
 from tuner.fit._rules import LINEAR, SATURATING, SQRT, SURGE
 from tuner.fit._verdict import RULE_LABELS
@@ -25,7 +25,7 @@ def to_python(result: FitResult, module_name: str = DEFAULT_MODULE) -> str:
     low, high = fitted_range(result)
     n_trials = sum(o.n_trials for o in result.optima)
     provenance = [
-        ("study", f"{result.study!r} (metric {past_tense(result.direction)})"),
+        ("study", f"{result.study!r} ({optimized(result)})"),
         ("fitted on", f"B = {low} ... {high} ({len(usable(result))} batch sizes, {n_trials} trials)"),
         ("reference B", f"{result.reference_batch_size} (the linear and square-root rules are scaled from it)"),
         ("fitted", f"{result.created or 'unknown date'} by tuner {result.version or '(unknown version)'}"),

@@ -20,7 +20,7 @@ METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits the
 
 def format_fit(result: FitResult) -> str:
     """The verdict, the per-batch optima and the rule comparison, as plain text for a terminal."""
-    lines = [f"study '{result.study}' ({result.direction}): optimal learning rate by batch size", "",
+    lines = [f"study '{result.study}' ({optimized(result)}): optimal learning rate by batch size", "",
              result.verdict, "", "Per batch size (95% interval; noise: one run's standard deviation):"]
     lines += _aligned(_optima_rows(result))
     lines += ["", "Rules (fitted to the optima above; * recommended):"]
@@ -62,7 +62,8 @@ def to_report(result: FitResult, figure_name: str | None = None, critical_figure
     study = shlex.quote(result.study)
     name = result.recommended
     verdict = result.verdict or f"Use the {RULE_LABELS[name]}: {result.rules[name].formula()}."
-    scope = (f"Metric {past_tense(result.direction)}; optimal learning rate measured at {len(result.batch_sizes)} "
+    done = optimized(result)
+    scope = (f"{done[:1].upper()}{done[1:]}; optimal learning rate measured at {len(result.batch_sizes)} "
              f"batch sizes ({result.batch_sizes[0]}…{result.batch_sizes[-1]}, {n_trials} trials), rules fitted on "
              f"B={low}…{high}; reference batch size {result.reference_batch_size}.")
     parts = [f"# Learning rate × batch size: study `{result.study}`", scope, f"**{verdict}**"]
@@ -166,9 +167,11 @@ def _regret(rate, best_lr: float | None, decimals: int) -> str:
     return f"{rate.regret:+.{decimals}f}{se} ({100 * rate.regret_share:.1f}%)"
 
 
-def past_tense(direction: str) -> str:
-    """``minimize`` -> ``minimized``: how the report and the exported module say what the metric was."""
-    return {"minimize": "minimized", "maximize": "maximized"}.get(direction, direction)
+def optimized(result: FitResult) -> str:
+    """What the study's trials scored, as the report and the exported module say it: "metric
+    minimized", or with a goal "steps to reach 0.05 minimized"."""
+    done = {"minimize": "minimized", "maximize": "maximized"}.get(result.direction, result.direction)
+    return f"steps to reach {result.goal:g} {done}" if result.goal is not None else f"metric {done}"
 
 
 def _optima_rows(result: FitResult) -> list[list[str]]:
