@@ -211,6 +211,8 @@ def test_a_study_is_not_resumed_for_another_goal(tmp_path):
     first = study_file(tmp_path, n_trials=4, options={"samples": 4096, "dims": 256, "reports": 8})
     storage = str(tmp_path / "j.log")
     assert tuner("run", str(first), "--storage", storage, "--no-fit", cwd=tmp_path).returncode == 0
+    listed = tuner("studies", "--storage", storage, cwd=tmp_path).stdout
+    assert "test  (steps to 1, minimize, 4 of 4 finished trials)" in listed  # what the study scores
     before = (tmp_path / "j.log").read_bytes()
     again = study_file(tmp_path, goal=2.0, n_trials=8, options={"samples": 4096, "dims": 256, "reports": 8})
     p = tuner("run", str(again), "--storage", storage, cwd=tmp_path)

@@ -326,7 +326,8 @@ def studies(storage: str | None) -> None:
         rows = summarize(study, spec.search.batch_sizes if spec else None)
         target = f"{spec.study.n_trials} finished trials" if spec else "not made by tuner run"
         done = sum(r.finished for r in rows)
-        click.echo(f"{summary.study_name}  ({summary.direction.name.lower()}, {done} of {target})")
+        scored = f"steps to {spec.study.goal:g}, " if spec and spec.study.goal is not None else ""
+        click.echo(f"{summary.study_name}  ({scored}{summary.direction.name.lower()}, {done} of {target})")
         click.echo("\n".join([format_table(rows), *describe_running(study), *describe_verification(study)]) + "\n")
 
 
