@@ -474,6 +474,19 @@ def test_a_deterministic_valley_that_falls_to_a_wall_is_not_bent_into_a_parabola
     assert optimum.valley.loss_at(math.log(optimum.lr))[0] == pytest.approx(exact, rel=0.02)
 
 
+def test_learning_rates_run_within_2_percent_of_each_other_measure_the_noise_as_repeats_do():
+    # the steps to a goal on the noisy quadratic (tests/data/quadratic-goal-trials.json): near the
+    # stability edge at B=8 the runs fall into two clusters, and the exact repeats landed in the same
+    # one, so they put the noise at a third of what runs ×1.01 apart show; the fit read the lucky
+    # cluster, 12% short of the closed form
+    from tuner.workloads import quadratic
+
+    result = fit_study(stored_study("quadratic-goal-trials.json"))
+    optimum = next(o for o in result.optima if o.batch_size == 8)
+    exact = quadratic.steps_to_target(1.0, 8, samples=2**19)
+    assert optimum.valley.loss_at(math.log(optimum.lr))[0] == pytest.approx(exact, rel=0.10)
+
+
 def test_the_noise_is_estimated_from_replicates_and_priced_in_the_costs():
     rng = np.random.default_rng(2)
     study = optuna.create_study()

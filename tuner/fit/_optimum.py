@@ -67,6 +67,7 @@ PRIOR_DF = 6            # the noise pooled over batch sizes counts as this many 
 TOLERATED = 0.02        # a rule may stray from a batch size's optimum as far as this costs (2% of the metric)
 MARGIN = math.log(1.1)  # how far beyond the fitted trials the vertex may go
 MAX_GAP = math.log(1.5)  # widest gap between trials the metric is interpolated across
+NEAR_REPEAT = math.log(1.02)  # learning rates this close run as repeats of one another
 RESOLUTION = math.log(1.01)  # no optimum is known closer than this: the valley is a model, and a run a run
 N_BOOTSTRAP = 150
 VERTEX_GRID = 61  # candidate vertices the valley is profiled over (then refined between them)
@@ -106,6 +107,15 @@ class Groups:
 
     def subset(self, keep: np.ndarray) -> Groups:
         return Groups(self.x[keep], self.mean[keep], self.count[keep], self.scatter[keep])
+
+    def merged(self, within: float) -> Groups:
+        """Learning rates closer than ``within`` (log) to the previous one counted as one: their runs
+        scatter as replicates do (no valley changes measurably over ×1.02)."""
+        cluster = np.concatenate([[0], np.cumsum(np.diff(self.x) > within)])
+        count = np.bincount(cluster, weights=self.count)
+        mean = np.bincount(cluster, weights=self.count * self.mean) / count
+        scatter = np.bincount(cluster, weights=self.scatter + self.count * (self.mean - mean[cluster]) ** 2)
+        return Groups(np.bincount(cluster, weights=self.count * self.x) / count, mean, count, scatter)
 
 
 @dataclass(frozen=True)
@@ -291,7 +301,7 @@ class NoisePrior:
         valley's curvature where the trials are sparse next to a sharp bottom (on the noisy
         quadratic they put the noise at ×10 to ×40 its size), replicates only the seeds' scatter;
         ``_Batch.noise`` caps the residuals' estimate at what they allow."""
-        groups = [b.near for b in batches]
+        groups = [b.near.merged(NEAR_REPEAT) for b in batches]
         means = np.concatenate([g.mean for g in groups] or [np.zeros(0)])
         scatter = np.concatenate([g.scatter for g in groups] or [np.zeros(0)])
         df = float(np.concatenate([g.count - 1 for g in groups] or [np.zeros(0)]).sum())
