@@ -87,7 +87,9 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
     """Search the learning rate at every batch size of the study file SPEC, then fit the rules.
 
     Every batch size gets trials (more where its optimum is still uncertain), each pruned only
-    against its own batch size.
+    against its own batch size. With [study] goal = VALUE, each batch size is tuned instead for
+    the fewest steps to that metric value, runs stop there, and the fit reads the critical batch
+    size (see studies/quadratic-goal.toml).
     An existing study resumes until it holds n_trials finished (complete or pruned) trials;
     batch sizes and the learning-rate range may grow between runs. The fit (as `tuner fit`)
     is stored in the study. The same command on several machines, with one PostgreSQL
@@ -101,6 +103,7 @@ def run(spec_file: Path, storage: str | None, n_trials: int | None, study_name: 
       tuner run studies/digits-mlp-sgd.toml --storage sqlite:///studies.db --n-trials 200
       tuner run studies/digits-mlp-sgd.toml --workers 4
       tuner run examples/script-study.toml
+      tuner run studies/quadratic-goal.toml
     """
     from tuner import runner
 
