@@ -129,6 +129,9 @@ def test_trials_without_learning_curves_have_no_reading_and_store_no_key():
                                          distributions=distributions))
     result = fit_study(study)
     assert result.critical is None and "critical" not in result.to_dict() and "Critical" not in result.verdict
+    # a study of the final metric: no goal, and a verdict that does not say steps were scored
+    assert result.goal is None and "goal" not in result.to_dict()
+    assert not result.verdict.startswith("Each batch size was tuned")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])

@@ -109,19 +109,6 @@ def test_the_fit_says_it_counts_steps_and_stores_its_goal(goal_study):
     assert FitResult.model_validate(json.loads(json.dumps(data))).to_dict() == data
 
 
-def test_a_fit_of_the_final_metric_stores_no_goal_key():
-    study = optuna.create_study()
-    distributions = {"batch_size": IntDistribution(1, 4096), "lr": FloatDistribution(1e-6, 10.0, log=True)}
-    for b in SIZES:
-        for k in range(9):
-            lr = 1e-3 * b * math.exp((k - 4) / 3)
-            study.add_trial(create_trial(value=math.log(lr / (1e-3 * b)) ** 2 + 1.0,
-                                         params={"batch_size": b, "lr": lr}, distributions=distributions))
-    result = fit_study(study)
-    assert result.goal is None and "goal" not in result.to_dict()
-    assert not result.verdict.startswith("Each batch size was tuned")
-
-
 # --- a metric to maximize, and a training script ------------------------------------------------------
 
 ACCURACY = '''
