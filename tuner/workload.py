@@ -100,9 +100,8 @@ class Run:
                 raise ValueError(f"the untrained model's metric, {value:g}, already reaches the goal "
                                  f"{self._goal.value:g}: choose a goal that training has to work for")
             raise GoalReached(f"reached {self._goal.value:g} after {step} samples")
-        if self._trial is not None:
-            if self._trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after {step} samples")
+        if self._trial is not None and self._trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {step} samples")
 
     @property
     def trial(self) -> optuna.Trial | None:
