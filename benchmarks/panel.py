@@ -176,7 +176,10 @@ def _baseline_path(commit: str) -> Path:
 def run_many(units: list[tuple[str, str, list[int]]], jobs: int, baseline_commit: str,
              n_trials: int | None = None) -> list[dict]:
     """Each (workload, method, seeds) unit in a subprocess of its own; results as they come."""
+    from tuner.workers import threads_per_worker
+
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(jobs)))  # the digits MLP: ×40 slower without
     # the baseline runs in its own folder: `python -m` puts the working directory first on sys.path,
     # so its `tuner` is found before this checkout's (which still provides `benchmarks`)
     baseline = _baseline_path(baseline_commit) if any(m == "baseline" for _, m, _ in units) else REPO
