@@ -233,8 +233,9 @@ class ValleySampler(BaseSampler):
         spike = np.zeros(len(g.x), dtype=bool)
         spike[1:-1] = [clearly_worse(g, i - 1, noise)[i] and clearly_worse(g, i + 1, noise)[i]
                        for i in range(1, len(g.x) - 1)]
+        ends = good | spike  # a gap between two of these, one of them as good as the best
         gaps = [(g.x[i + 1] - g.x[i], g.x[i]) for i in range(len(g.x) - 1)
-                if (good[i] or good[i + 1]) and (good[i] or spike[i]) and (good[i + 1] or spike[i + 1])
+                if ends[i] and ends[i + 1] and (good[i] or good[i + 1])
                 and not any(g.x[i] < x < g.x[i + 1] for x in stopped)]
         width, left = max(gaps, default=(0.0, 0.0))
         if width <= _MAX_REACH:
