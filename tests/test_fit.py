@@ -422,6 +422,26 @@ def test_a_best_run_no_better_than_the_untrained_model_has_no_signal():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_noise_that_does_not_grow_with_the_loss_leaves_a_high_valley_its_signal(seed):
+    # as on a CNN: the best loss rises ×8 from the smallest batch size to the largest, one run's
+    # scatter stays 0.08; taken in proportion to the loss, the noise at B=512 is ×3 too large and
+    # its valley, 1.4 deep below an untrained model at 2.30, reads as no signal
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study()
+    for k, b in enumerate(SIZES):
+        floor = 0.2 * 8 ** (k / (len(SIZES) - 1))
+        for z in np.linspace(-2.0, 1.5, 12):
+            value = floor + 0.3 * z * z + 0.08 * rng.standard_normal()
+            study.add_trial(trial({"batch_size": b, "lr": float(1e-3 * b * math.exp(z))}, value=value,
+                                  intermediate_values={0: 2.30}))
+    optima = fit_study(study).optima
+    for o in optima:
+        assert NO_SIGNAL not in o.flags, o.batch_size
+        assert factor(o.lr, 1e-3 * o.batch_size) < 1.5, o.batch_size
+    assert optima[-1].noise < 2 * 0.08
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_replicates_bound_a_noise_the_residuals_take_from_a_sharp_valley(seed):
     # 2% noise, trials ×1.28 apart on a valley that rises by 250% over one step: the residuals about
     # any curve through them are curvature (the estimate from them alone is ×88 the noise); the best
