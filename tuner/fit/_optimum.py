@@ -264,10 +264,10 @@ class NoisePrior:
     """The noise pooled over batch sizes: for a positive metric that is minimized (a loss) relative to
     the metric's level where a run's scatter grows with it (the noisy quadratic's does, in
     proportion), absolute where it grows far more slowly (a CNN's: 0.07 at a loss of 0.38, 0.17 at
-    1.5; ``_proportional`` tells which); absolute otherwise (an accuracy scatters about as much at chance
-    as near its best). A batch size's own evidence is weighed against it as PRIOR_DF degrees of
-    freedom: a handful of residuals alone can put the noise at a fifth of its size, and noise taken
-    too low turns a lucky run into bounds."""
+    1.5; ``_proportional`` tells which); absolute otherwise (an accuracy scatters about as much at
+    chance as near its best). A batch size's own evidence is weighed against it as PRIOR_DF degrees
+    of freedom: a handful of residuals alone can put the noise at a fifth of its size, and noise
+    taken too low turns a lucky run into bounds."""
 
     sigma: float
     relative: bool
@@ -476,8 +476,12 @@ def _proportional(ss: np.ndarray, df: np.ndarray, levels: np.ndarray) -> bool:
     an exponent between the two, fitted, strayed with the scatter of six batch sizes' noise (the
     noise of the smallest put at half its size)."""
     total = df.sum()
-    proportional = -total * math.log(max(np.sum(ss / levels**2) / total, 1e-300)) / 2 - np.sum(df * np.log(levels))
-    absolute = -total * math.log(max(np.sum(ss) / total, 1e-300)) / 2
+
+    def likelihood(variance: float) -> float:  # the log-likelihood, the scale at its best
+        return -total * math.log(max(variance, 1e-300)) / 2
+
+    proportional = likelihood(np.sum(ss / levels**2) / total) - np.sum(df * np.log(levels))
+    absolute = likelihood(np.sum(ss) / total)
     return not 2 * (absolute - proportional) > chdtri(1, 0.05)
 
 
