@@ -78,8 +78,15 @@ def launch(storage: Path | str, cwd: Path, *args: str, port: int | None = None,
     with open(stderr_path, "wb") as err:
         process = subprocess.Popen([str(TUNER), "dashboard", "--storage", str(storage), "--host", host,
                                     "--port", str(port), *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=err)
+                                   stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_interruptible)
     return process, stderr_path, port
+
+
+def _interruptible() -> None:
+    """In the server's process before it starts: Ctrl+C stops it, as at a terminal. A test run started
+    in the background (a shell's ``&``) has SIGINT ignored, the server inherited that, and the tests'
+    Ctrl+C left it running until it was killed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_dashboard(storage: Path | str, cwd: Path, timeout: float = START_TIMEOUT) -> Dashboard:
