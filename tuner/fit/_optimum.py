@@ -76,6 +76,7 @@ MAD_NORMAL = 0.6744898  # the median of |z| for a standard normal z
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
 NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
+NO_VALLEY = "no-valley"  # trials enough for a valley, but those either side of the best all did far worse
 INFEASIBLE = "out-of-memory"  # the batch size did not fit in memory (the study lists it in infeasible_batch_sizes)
 QUADRATIC, BEST_TRIALS, BEST_TRIAL, NONE = "local-quadratic", "best-trials", "best-trial", "none"
 
@@ -228,9 +229,9 @@ class BatchOptimum(Frozen):
 
     @property
     def usable(self) -> bool:
-        """A point estimate a rule can be fitted to: measured, and neither on the edge of the search
-        nor without signal."""
-        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, INFEASIBLE, NO_SIGNAL} & set(self.flags)
+        """A point estimate a rule can be fitted to: measured, neither on the edge of the search nor
+        without signal, and shaped by more than its best run."""
+        return self.lr is not None and not {EDGE_LOW, EDGE_HIGH, INFEASIBLE, NO_SIGNAL, NO_VALLEY} & set(self.flags)
 
     @property
     def sigma(self) -> float:
@@ -507,6 +508,12 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
     x_best, sign = groups.x[best], -1.0 if maximize else 1.0
     flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
     flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
+    # with trials enough for a valley, an estimate on the best run alone, between complete runs that
+    # all did far worse (not beside a divergence: the optimum is then bracketed by the cliff), is one
+    # run's word, and a lucky seed among heavy-tailed runs looks exactly like it (the CNN with Adam,
+    # B=128: ×5 and ×12 off)
+    alone = method == BEST_TRIAL and len(trials.x) >= FEW_COMPLETE and 0 < best < len(groups.x) - 1
+    flags += (NO_VALLEY,) if alone else ()
     baseline = None if trials.baseline is None else sign * trials.baseline
     if _no_signal(groups, best, noise, baseline, diverged=math.isfinite(batch.cliff)):
         flags += (NO_SIGNAL,)

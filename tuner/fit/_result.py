@@ -20,6 +20,8 @@ from tuner.fit._optimum import (
     INFEASIBLE,
     MARGIN,
     NO_COMPLETE,
+    NO_SIGNAL,
+    NO_VALLEY,
     TOLERATED,
     Z95,
     BatchOptimum,
@@ -275,6 +277,10 @@ def _not_enough(name: str, optima: list[BatchOptimum]) -> str:
         elif EDGE_LOW in o.flags or EDGE_HIGH in o.flags:
             side = "lowest" if EDGE_LOW in o.flags else "highest"
             reasons.append(f"B={o.batch_size}'s best trial is the {side} LR tried (widen the LR range)")
+        elif NO_SIGNAL in o.flags:
+            reasons.append(f"B={o.batch_size} shows no signal (train longer or widen the LR range)")
+        elif NO_VALLEY in o.flags:
+            reasons.append(f"B={o.batch_size}'s optimum rests on one learning rate (run more trials)")
     have = f"only at B={', '.join(usable)}" if usable else "at none"
     return (f"study '{name}': fitting a rule needs the optimal LR at {MIN_BATCH_SIZES} or more batch sizes, "
             f"found it {have}" + (f"; {'; '.join(reasons)}" if reasons else ""))

@@ -18,6 +18,7 @@ from tuner.fit._optimum import (
     INFEASIBLE,
     NO_COMPLETE,
     NO_SIGNAL,
+    NO_VALLEY,
     TOLERATED,
     BatchOptimum,
 )
@@ -215,6 +216,11 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
                          "or the best run was no better than the untrained model, so its optimum cannot be read "
                          "off (left out of the rules). Train longer at this batch size (a larger budget), or widen "
                          "the LR range.")
+        if NO_VALLEY in o.flags:
+            notes.append(f"B={o.batch_size}: no valley: the learning rates tried either side of the best one "
+                         f"(lr={o.best_lr:.3g}) all did far worse, so its optimum rests on that one learning rate's "
+                         "runs, which may be a lucky seed (left out of the rules). Run more trials: raise "
+                         "n_trials and run the study again.")
         if FEW_TRIALS in o.flags:
             notes.append(f"B={o.batch_size}: only {o.n_complete} complete trial{'s' * (o.n_complete != 1)}, "
                          "so its interval is rough: run more trials.")
