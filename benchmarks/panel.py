@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.report import REPO, Goal, Section, log
 
 METHODS = ("tuner", "baseline", "optuna")
@@ -304,18 +306,31 @@ def section(rows: list[dict], command: str) -> Section:
 
 
 def _resolutions(summaries: list[Summary]) -> list[str]:
-    """What each grid truth can resolve (``GridTruth.resolution``), once per grid."""
+    """What each grid truth can resolve (``GridTruth.resolution``), once per grid; and what each real
+    workload's budget can reach with its runs placed by an oracle (``GridTruth.oracle_regret``)."""
     from benchmarks.panel_workloads import GridTruth, load_grid, panel
 
-    truths = {w.truth for w in panel() if w.name in {s.workload for s in summaries} and isinstance(w.truth, GridTruth)}
+    measured = {s.workload: s for s in summaries if s.method == "tuner"}
+    workloads = [w for w in panel() if w.name in measured and isinstance(w.truth, GridTruth)]
     notes = []
-    for truth in sorted(truths, key=lambda t: (t.name, t.metric)):
+    for truth in sorted({w.truth for w in workloads}, key=lambda t: (t.name, t.metric)):
         median, high = truth.resolution()
         seeds = len(load_grid(truth.name)["seeds"])
         notes.append(f"The truth `{truth.name}` ({truth.metric}, {seeds} seeds) resolves regret to: its best learning "
                      f"rate from half its seeds, priced by the other half, costs {pct(median)} (median) and "
                      f"{pct(high)} (95th percentile over splits and batch sizes); regrets below that are the "
                      "truth's own seed noise.")
+    for w in workloads:
+        runs, target = w.n_trials // len(w.batch_sizes), TARGETS["real"]["worst"]
+        regrets = w.truth.oracle_regret(runs)
+        over = float(np.mean(regrets > target))
+        cells = len(measured[w.name].rows) * len(w.batch_sizes)
+        median, high = float(np.median(regrets)), float(np.percentile(regrets, 95))
+        notes.append(f"`{w.name}` at its budget ({runs} runs a batch size), placed by an oracle that knows the grid's "
+                     f"optimum to within one step ({runs // 5 * 5} runs as 5 learning rates around it × {runs // 5} "
+                     f"seeds, the best mean kept): regret {pct(median)} (median), {pct(high)} (95th percentile); "
+                     f"{over:.1%} of its estimates exceed the {pct(target)} target, so all {cells} of this run's "
+                     f"stay within it with probability {(1 - over) ** cells:.0%}.")
     return notes
 
 

@@ -149,6 +149,27 @@ class GridTruth:
         return float(np.median(regrets)), float(np.percentile(regrets, 95))
 
 
+    def oracle_regret(self, runs: int, rates: int = 5, draws: int = 400) -> np.ndarray:
+        """What ``runs`` runs a batch size can reach with their learning rates placed by an oracle: it
+        knows the grid's optimum to within one grid step (its guess is the optimum or a neighbour, at
+        random), runs the ``rates`` grid learning rates around the guess (×√2 apart here) with
+        ``runs // rates`` seeds each, drawn from the grid's, and keeps the best mean. The regrets of
+        ``draws`` such experiments per batch size, priced by the whole grid (which counts the oracle's
+        own runs, so errs in its favour). A target below what it reaches is below this budget's noise."""
+        rng, regrets = np.random.default_rng(0), []
+        sign, seeds = (-1.0 if self.maximize else 1.0), max(runs // rates, 1)
+        for batch_size, values in grid_values(self.name, self.metric).items():
+            values = sign * values  # (lr, seed), lower is better
+            best = int(np.argmin(values.mean(axis=1)))
+            for _ in range(draws):
+                first = best + int(rng.integers(-1, 2)) - rates // 2
+                lrs = np.arange(max(first, 0), min(first + rates, len(values)))
+                means = [values[i, rng.choice(values.shape[1], seeds, replace=False)].mean() for i in lrs]
+                chosen = float(np.exp(_grid_curves(self.name, self.metric)[batch_size][0][lrs[int(np.argmin(means))]]))
+                regrets.append(self.regret(batch_size, chosen))
+        return np.array(regrets)
+
+
 @lru_cache(maxsize=16)
 def _grid_curves(name: str, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     log_lrs = np.log(np.asarray(load_grid(name)["lrs"], dtype=float))
