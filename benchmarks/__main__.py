@@ -36,8 +36,9 @@ def quick(name: str, seeds: int, postgres: bool) -> Section:
         return overhead.run(n_trials=8, seconds=0.01, repeats=1, trainer_repeats=1, trainer_steps=20,
                             trainer_sizes=[8, 64])
     if name == "panel":  # no baseline: a shallow clone may not hold its commit
-        return panel.run(only=["quadratic", "valley-sqrt-5%", "cnn-adam-accuracy"], seeds=1,
-                         methods=("tuner", "optuna"), n_trials=18, command="python -m benchmarks --quick (panel)")
+        return panel.run(only=["quadratic", "valley-sqrt-5%", "cnn-adam-accuracy", "cnn-adam-accuracy-replay"],
+                         seeds=1, methods=("tuner", "optuna"), n_trials=18,
+                         command="python -m benchmarks --quick (panel)")
     return scaling.run(n_trials=8, sleep=0.0, workers=(1, 2), storages=["journal file"], fit_sizes=(100,),
                        fit_repeats=1, postgres=postgres)
 

@@ -316,12 +316,40 @@ def mlp_momentum(run) -> float:
     return digits.train(_WithOptions(run, MLP_OPTIONS))
 
 
+# --- the real workloads replayed from their grids ---------------------------------------------------------
+
+def replayed(workload: PanelWorkload) -> PanelWorkload:
+    """``workload`` with each run drawn from its truth's grid instead of trained: the grid's nearest
+    learning rate (×√2 apart), one of its seeds chosen by the run's seed; diverged where that run
+    diverged. The noise is the real runs' (heavy tails included), and a study takes seconds, so the
+    tails can be judged over many seeds; but runs within ×1.19 share one learning rate's seeds, a
+    repeat may draw the same seed, and nothing reports a learning curve, so nothing is pruned."""
+    truth = workload.truth
+
+    def train(run) -> float:
+        grid = load_grid(truth.name)
+        i = int(np.argmin(np.abs(np.log(grid["lrs"]) - math.log(run.lr))))
+        runs = grid["runs"][str(run.batch_size)][i]
+        drawn = runs[int(np.random.default_rng(run.seed).integers(len(runs)))]
+        if drawn["diverged"]:
+            raise FloatingPointError(f"the grid's run at lr={grid['lrs'][i]:g} diverged")
+        return float(drawn[truth.metric])
+
+    return PanelWorkload(f"{workload.name}-replay", "replay", f"{workload.name} replayed from its grid", train,
+                         truth, workload.batch_sizes, workload.lr_range, workload.n_trials, workload.maximize)
+
+
 CNN_SIZES = [16, 32, 64, 128, 256, 512]
 MLP_SIZES = [8, 16, 32, 64, 128, 256, 512]
 CNN_LR, MLP_LR = (1e-4, 1.0), (1e-4, 3.0)
 
 
 def panel() -> list[PanelWorkload]:
+    measured = _measured()
+    return measured + [replayed(w) for w in measured if w.kind == "real"]
+
+
+def _measured() -> list[PanelWorkload]:
     return [
         _quadratic("quadratic", "the built-in noisy quadratic (curvatures 1e-3…1, noise 1, 16,384 samples)",
                    [8, 16, 32, 64, 128, 256, 512, 1024], (1e-4, 4.0), 120, samples=16384),

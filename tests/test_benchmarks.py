@@ -20,7 +20,8 @@ def test_quick_run_writes_every_table(tmp_path):
                 "| tuner (fitted optimum) ", "| plain Optuna ", "| random search ", "| dense grid (17/batch) ",
                 "| journal file (default) ", "| SQLite ", "| in-memory ", "`storage.set_trial_intermediate_value`",
                 "| journal file | ", "tuner fit", "1a. ", "1a′. ", "1b. ", "2a. ", "2b. ",
-                "| quadratic ", "| valley-sqrt-5% ", "| cnn-adam-accuracy ", "| optuna ", "10. synthetic", "10. real"]:
+                "| quadratic ", "| valley-sqrt-5% ", "| cnn-adam-accuracy ", "| cnn-adam-accuracy-replay ", "| optuna ",
+                "10. synthetic", "10. real"]:
         assert row in text, row
     assert text.count("| met ") + text.count("| **missed** ") == 9  # nine goals (no baseline here), with status
     assert "## 1. Accuracy" in done.stdout  # the tables are printed too
