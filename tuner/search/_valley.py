@@ -65,20 +65,19 @@ class ValleySampler(BaseSampler):
        than its neighbours within ×1.15 either side by more than the noise explains, it is repeated
        at once (a lucky seed looks like that; on the stiff quadratic, 40 seeds, the rule's worst
        regret 13.8% -> 2.8%). Both off with ``replicates=0``.
-    4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit`` estimates
-       it from the trials so far (until it can, the learning rate whose runs did best on average, and
-       from MIN_FIT runs on, on average with their neighbours within about ×1.5: a lucky run among
-       heavy-tailed ones is not the best), out to its nearest neighbours that ran and as far as the
-       estimate's interval reaches (at least ×1.5 and at most ×4 away, never past a diverged value or a
-       run that did clearly worse: the valley's fit ends there), so the trials bracket the optimum
-       closely on both sides: what a local fit of the valley needs. First, where the valley has no wall
-       near the estimate on one side (the nearest run that did clearly worse lies more than ×1.5 beyond
+    4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit``
+       estimates it from the trials so far (until it can, the learning rate whose runs did best on
+       average), out to its nearest neighbours that ran and as far as the estimate's interval
+       reaches (at least ×1.5 and at most ×4 away, never past a diverged value or a run that did
+       clearly worse: the valley's fit ends there), so the trials bracket the optimum closely on
+       both sides: what a local fit of the valley needs. First, where the valley has no wall near
+       the estimate on one side (the nearest run that did clearly worse lies more than ×1.5 beyond
        the last one as good as the best), the next trial goes into the half of that gap next to the
-       good runs: until both walls are found, the bottom may lie anywhere on the flat. And a gap wider
-       than ×4 between two runs as good as the best, or between one and a spike (a run that did clearly
-       worse than the runs either side of it: a valley with one bottom cannot rise and fall again), is
-       filled wherever it lies: a heavy-tailed run, or a second valley, must not hide the stretch that
-       may hold the optimum.
+       good runs: until both walls are found, the bottom may lie anywhere on the flat. And a gap
+       wider than ×4 between two runs as good as the best, or between one and a spike (a run that
+       did clearly worse than the runs either side of it: a valley with one bottom cannot rise and
+       fall again), is filled wherever it lies: a heavy-tailed run, or a second valley, must not
+       hide the stretch that may hold the optimum.
 
     Measured on the noisy quadratic (benchmarks/fit_accuracy.py), one search per batch size: 74% of
     trials land within ×2 of the optimum, against 27% for TPE, and the fitted optimum is closer.
@@ -162,10 +161,7 @@ class ValleySampler(BaseSampler):
         # the noise measured, not guessed: repeats owed near the optimum once the valley has its trials
         owed = len(complete) >= MIN_FIT and _repeats(earlier, name) < getattr(study, "repeats_wanted", 1)
         fit = self._fit(earlier, name, direction, getattr(study, "noise_prior", None))
-        if fit is not None:
-            center = math.log(fit.lr)
-        else:  # no valley yet: where the runs did best, each judged with its neighbours once they are many
-            center = _best_smoothed(complete, name, sign) if len(complete) >= MIN_FIT else x_best
+        center = x_best if fit is None else math.log(fit.lr)
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
                    if t.state == TrialState.RUNNING or outcome_of(t) == Outcome.PRUNED]
@@ -325,19 +321,6 @@ def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) ->
     for t in complete:
         runs.setdefault(t.params[name], []).append(sign * t.value)
     return math.log(min(runs, key=lambda lr: sum(runs[lr]) / len(runs[lr])))
-
-
-def _best_smoothed(complete: Sequence[FrozenTrial], name: str, sign: float) -> float:
-    """The learning rate (log) run where the runs did best on average over a neighbourhood as wide as
-    refining reaches (a Gaussian kernel over log-lr, ×1.5): a lucky run among runs that did worse is
-    not the best. (CNN with Adam, B=128: the runs above the optimum are heavy-tailed, most end near
-    chance and a few lucky; refining around each lucky one in turn kept eleven trials among them, and
-    none went to the stretch below, ×6 wide, that held the optimum. On the real workloads replayed
-    from their grids, 80 seeds: CNN loss estimates unflagged over 30% regret 47 -> 30, accuracy 6 -> 3.)"""
-    x = np.array([math.log(t.params[name]) for t in complete])
-    y = np.array([sign * t.value for t in complete])
-    weights = np.exp(-0.5 * ((x[:, None] - x[None, :]) / _MIN_REACH) ** 2)
-    return float(x[int(np.argmin(weights @ y / weights.sum(axis=1)))])
 
 
 def _clearly_worse_x(fit: BatchOptimum | None) -> np.ndarray:
