@@ -298,7 +298,7 @@ def section(rows: list[dict], command: str) -> Section:
                       pct(s.worst), pct(s.rule_median_seed), pct(s.rule_worst), s.unflagged_over(limit),
                       f"{s.flagged_share:.0%} (≤{s.most_flagged_in_a_seed:.0%})",
                       "-" if coverage is None else f"{coverage:.0%}", f"{s.samples:,.0f}",
-                      f"{s.samples / baseline.samples:.2f}" if baseline else "-"])
+                      f"{s.samples / baseline.samples:.2f}" if baseline and baseline.samples else "-"])
     result.table("Regret in % of the metric at the truth's optimum (lower is better)", header, table)
     result.goals += _goals(summaries)
     result.notes += _resolutions(summaries)
@@ -358,7 +358,7 @@ def _goals(summaries: list[Summary]) -> list[Goal]:
             f"{unflagged} unflagged over; at most {flagged:.0%} of a seed's batch sizes flagged",
             unflagged == 0 and flagged <= 0.2))
     ratios = [(s, b) for s in summaries if s.method == "tuner"
-              for b in summaries if b.workload == s.workload and b.method == "baseline"]
+              for b in summaries if b.workload == s.workload and b.method == "baseline" and b.samples]
     if ratios:
         worst_ratio = max(s.samples / b.samples for s, b in ratios)
         goals.append(Goal("10. samples no more than today's search at the same trial count",
