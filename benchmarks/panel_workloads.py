@@ -148,7 +148,6 @@ class GridTruth:
                 regrets.append((judge[np.argmin(chosen.mean(axis=1))] - judge.min()) / abs(judge.min()))
         return float(np.median(regrets)), float(np.percentile(regrets, 95))
 
-
     def oracle_regret(self, runs: int, rates: int = 5, draws: int = 400) -> np.ndarray:
         """What ``runs`` runs a batch size can reach with their learning rates placed by an oracle: it
         knows the grid's optimum to within one grid step (its guess is the optimum or a neighbour, at
@@ -158,15 +157,15 @@ class GridTruth:
         own runs, so errs in its favour). A target below what it reaches is below this budget's noise."""
         rng, regrets = np.random.default_rng(0), []
         sign, seeds = (-1.0 if self.maximize else 1.0), max(runs // rates, 1)
+        log_lrs = np.log(np.asarray(load_grid(self.name)["lrs"], dtype=float))
         for batch_size, values in grid_values(self.name, self.metric).items():
             values = sign * values  # (lr, seed), lower is better
             best = int(np.argmin(values.mean(axis=1)))
             for _ in range(draws):
                 first = best + int(rng.integers(-1, 2)) - rates // 2
-                lrs = np.arange(max(first, 0), min(first + rates, len(values)))
-                means = [values[i, rng.choice(values.shape[1], seeds, replace=False)].mean() for i in lrs]
-                chosen = float(np.exp(_grid_curves(self.name, self.metric)[batch_size][0][lrs[int(np.argmin(means))]]))
-                regrets.append(self.regret(batch_size, chosen))
+                tried = np.arange(max(first, 0), min(first + rates, len(values)))
+                means = [values[i, rng.choice(values.shape[1], seeds, replace=False)].mean() for i in tried]
+                regrets.append(self.regret(batch_size, float(np.exp(log_lrs[tried[int(np.argmin(means))]]))))
         return np.array(regrets)
 
 
