@@ -76,7 +76,7 @@ MAD_NORMAL = 0.6744898  # the median of |z| for a standard normal z
 
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
 NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
-NO_VALLEY = "no-valley"  # trials enough for a valley, but those either side of the best all did far worse
+NO_VALLEY = "no-valley"  # trials enough, but the best's neighbours did far worse and the runs rise and fall
 INFEASIBLE = "out-of-memory"  # the batch size did not fit in memory (the study lists it in infeasible_batch_sizes)
 QUADRATIC, BEST_TRIALS, BEST_TRIAL, NONE = "local-quadratic", "best-trials", "best-trial", "none"
 
@@ -509,10 +509,12 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
     flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
     flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
     # with trials enough for a valley, an estimate on the best run alone, between complete runs that
-    # all did far worse (not beside a divergence: the optimum is then bracketed by the cliff), is one
-    # run's word, and a lucky seed among heavy-tailed runs looks exactly like it (the CNN with Adam,
-    # B=128: ×5 and ×12 off)
-    alone = method == BEST_TRIAL and len(trials.x) >= FEW_COMPLETE and 0 < best < len(groups.x) - 1
+    # all did far worse and rise and fall again beyond them (no single valley: heavy-tailed runs), is
+    # one run's word, and a lucky seed among them looks exactly like it (the CNN with Adam, B=128: ×5
+    # and ×12 off). Beside a divergence the cliff brackets it; in a valley that climbs steadily away
+    # from it on both sides, so do its neighbours
+    alone = (method == BEST_TRIAL and len(trials.x) >= FEW_COMPLETE and 0 < best < len(groups.x) - 1
+             and not _one_valley(groups.mean, best))
     flags += (NO_VALLEY,) if alone else ()
     baseline = None if trials.baseline is None else sign * trials.baseline
     if _no_signal(groups, best, noise, baseline, diverged=math.isfinite(batch.cliff)):
@@ -948,6 +950,11 @@ def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float |
     level = np.average(groups.mean, weights=groups.count)
     chi2 = float(np.sum(groups.count * (groups.mean - level) ** 2)) / noise**2
     return chi2 <= chdtri(len(groups.x) - 1, 0.01)
+
+
+def _one_valley(mean: np.ndarray, best: int) -> bool:
+    """Do the means fall all the way to ``best`` from one side and climb all the way from it on the other?"""
+    return bool(np.all(np.diff(mean[:best + 1]) <= 0) and np.all(np.diff(mean[best:]) >= 0))
 
 
 def _robust_best(groups: Groups) -> int:

@@ -218,9 +218,9 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
                          "the LR range.")
         if NO_VALLEY in o.flags:
             notes.append(f"B={o.batch_size}: no valley: the learning rates tried either side of the best one "
-                         f"(lr={o.best_lr:.3g}) all did far worse, so its optimum rests on that one learning rate's "
-                         "runs, which may be a lucky seed (left out of the rules). Run more trials: raise "
-                         "n_trials and run the study again.")
+                         f"(lr={o.best_lr:.3g}) all did far worse and the runs rise and fall again beyond them, "
+                         "so its optimum rests on that one learning rate's runs, which may be a lucky seed "
+                         "(left out of the rules). Run more trials: raise n_trials and run the study again.")
         if FEW_TRIALS in o.flags:
             notes.append(f"B={o.batch_size}: only {o.n_complete} complete trial{'s' * (o.n_complete != 1)}, "
                          "so its interval is rough: run more trials.")
