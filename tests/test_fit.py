@@ -385,6 +385,34 @@ def test_a_valley_whose_runs_only_descend_to_a_wall_is_not_extrapolated_into_the
     assert regret < 0.05 and edge.lr <= 1.0205 * optimum  # not past the best run, towards the wall
 
 
+# The stiff quadratic (curvatures 1e-3…10, noise 10, 65,536 samples, 512 dims) at B=2048, one
+# study's trials: learning rate as a multiple of the exact optimum, final loss (None: diverged). The
+# optimum lies ×1.07 below the stability edge; the last run that trained is ×1.03 above it.
+STIFF = {"samples": 65536, "dims": 512, "curvatures": (1e-3, 10.0), "noise": 10.0}
+STIFF_EDGE = [(0.0002, 277.2035), (0.0024, 242.7257), (0.013, 140.7584), (0.197, 11.6092), (0.503, 4.6085),
+              (0.751, 3.1486), (0.822, 2.9422), (0.884, 2.7726), (1.026, 2.6272), (1.026, 2.7242),
+              (1.195, None), (1.261, None), (1.551, None), (2.344, None)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_optimum_is_never_past_the_last_run_that_trained_towards_one_that_diverged(seed):
+    # the quadratic through the runs below put its vertex past the last one that trained, clipped
+    # halfway to the first that diverged: ×1.11 of the optimum, past the stability edge, where the
+    # expected loss is ×150 the optimum's (closed form); the last run that trained costs 1.4%
+    from tuner.workloads import quadratic
+
+    optimum = quadratic.optimal_lr(2048, **STIFF)
+    study = optuna.create_study()
+    background(study, seed=seed)
+    for multiple, loss in STIFF_EDGE:
+        params = {"batch_size": 2048, "lr": multiple * optimum}
+        study.add_trial(trial(params, value=loss) if loss is not None
+                        else trial(params, state=TrialState.PRUNED, outcome="diverged"))
+    edge = next(o for o in fit_study(study).optima if o.batch_size == 2048)
+    regret = quadratic.expected_loss(edge.lr, 2048, **STIFF) / quadratic.expected_loss(optimum, 2048, **STIFF) - 1
+    assert edge.lr <= 1.026 * optimum * (1 + 1e-12) and regret < 0.05, (edge.lr / optimum, regret)
+
+
 def test_a_learning_rate_next_to_a_run_across_a_gap_costs_what_that_run_did_and_none_beyond():
     study = optuna.create_study()
     background(study)
@@ -551,26 +579,29 @@ def test_optimum_on_the_edge_of_the_range_is_flagged_and_left_out():
 
 
 def saturating_study(diverged_from: float) -> optuna.Study:
-    """Optimum lr* = 1 / (1 + 256/B) exactly, at B = 16…1024; runs diverge from z = diverged_from."""
+    """Optimum lr* = 1 / (1 + 256/B) exactly, at B = 16…1024; at B=1024 runs diverge from
+    z = diverged_from (and one ran there)."""
     study = optuna.create_study()
     for b in [16, 32, 64, 128, 256, 512, 1024]:
         truth = 1.0 / (1.0 + 256 / b)
         for z in np.linspace(-1.5, 0.3, 10):
             params = {"batch_size": b, "lr": float(truth * math.exp(z))}
-            if z >= diverged_from:
+            if b == 1024 and z >= diverged_from:
                 study.add_trial(trial(params, state=TrialState.PRUNED, outcome="diverged"))
             else:
                 study.add_trial(trial(params, value=synthetic_loss(z)))
+    study.add_trial(trial({"batch_size": 1024, "lr": 0.8 * math.exp(diverged_from)}, state=TrialState.PRUNED,
+                          outcome="diverged"))
     return study
 
 
 def test_a_plateau_above_a_learning_rate_that_diverged_is_flagged():
-    result = fit_study(saturating_study(diverged_from=0.05))  # at B=1024: 0.8 ran, 0.8·e^0.1 = 0.88 diverged
+    result = fit_study(saturating_study(diverged_from=0.15))  # at B=1024: 0.8·e^0.1 = 0.88 ran, 0.929 diverged
     assert result.recommended == "saturating"
     assert result.rules["saturating"].lr_max == pytest.approx(1.0, rel=0.1)
     [warning] = [w for w in result.warnings if "extrapolation" in w]
-    assert "lr=0.884 already diverged at B=1024" in warning
-    calm = fit_study(saturating_study(diverged_from=0.2))  # the first divergence, ×1.35 up, is above lr_max
+    assert "lr=0.929 already diverged at B=1024" in warning
+    calm = fit_study(saturating_study(diverged_from=0.3))  # the first divergence, 1.08, is above lr_max
     assert calm.recommended == "saturating" and not any("extrapolation" in w for w in calm.warnings)
 
 

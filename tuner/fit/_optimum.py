@@ -20,7 +20,8 @@ valley is deep. In order:
    one: those between the bounds (the bounding trials included, they give the valley its walls) and
    within ``REACH`` of it; far trials (a chance plateau, a distant outlier) never enter. Its vertex
    is the estimate, kept inside the bounds and no further than ``MARGIN`` beyond the fitted trials
-   (nor beyond them at all towards a run that did clearly worse than the valley says: a wall).
+   (nor beyond them at all towards a run that did clearly worse than the valley says: a wall, nor
+   past the highest run that trained towards one that diverged).
 4. **Checks.** Where the quadratic is not a valley, or its vertex had to be clipped (the model and
    the trials disagree: it points where the trials say it cannot be), or it claims a dip deeper
    than any trial measured, or it passes further from the trials than their noise explains (a
@@ -578,7 +579,8 @@ def _fit(batch: _Batch, noise: float | None, rng, asymmetric: bool | None, lr_ra
     if len(fitted.x) < MIN_COMPLETE:  # the trials near the best are too few for a valley
         estimate, interval, method = _best_trial(groups.x[best], tried, batch.cliff, lr_range)
         return estimate, estimate, interval, method, _interpolated(groups, noise, estimate, batch.cliff), interval
-    limits = _limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned)
+    limits = _short_of_cliff(_limits(fitted, _bounds(groups, best, noise, batch.cliff), tried, batch.pruned),
+                             groups, batch.cliff)
     valley = LocalValley.fit(fitted, limits, asymmetric)
     walled = _short_of_walls(limits, fitted, groups, valley, noise)
     if valley is not None and walled != limits:
@@ -868,6 +870,17 @@ def _limits(fitted: Groups, bounds: tuple[float, float], tried: np.ndarray,
     if math.isfinite(high) and len(inside):
         upper = min(upper, (high + inside.max()) / 2)
     return lower, upper
+
+
+def _short_of_cliff(limits: tuple[float, float], groups: Groups, cliff: float) -> tuple[float, float]:
+    """No further than the highest learning rate that trained towards one that diverged. Somewhere
+    between the two the metric climbs from the valley to a divergence, and nothing says where: a
+    vertex carried into that gap risks a run that does not train at all for a few per cent of
+    metric (the stiff quadratic, B=2048: ×1.08 past the last run that trained, halfway to the one
+    that diverged, cost ×150 the metric; the last run that trained cost 1.4%)."""
+    if not math.isfinite(cliff):
+        return limits
+    return limits[0], min(limits[1], float(groups.x.max()))
 
 
 def _short_of_walls(limits: tuple[float, float], fitted: Groups, groups: Groups, valley: LocalValley | None,
