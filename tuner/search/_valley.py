@@ -39,7 +39,6 @@ _HINT_STEP = math.log(8.0)
 MAX_RUNS = 4  # a learning rate is run at most this many times (with different seeds)
 _REPLICATE_REACH = math.log(1.15)  # only a learning rate this close to the estimated optimum is repeated
 _WALL_GAP = math.log(1.5)  # a valley's wall not found within this of the last run as good as the best is looked for
-_BLOWUP_DEPTH = math.log(4.0)  # a run worse than every run this far below the estimate left the valley: it blew up
 
 
 class ValleySampler(BaseSampler):
@@ -65,9 +64,7 @@ class ValleySampler(BaseSampler):
        worst batch size ×1.51 -> ×1.96, 10 seeds). Whenever a single run is the best and did better
        than its neighbours within ×1.15 either side by more than the noise explains, it is repeated
        at once (a lucky seed looks like that; on the stiff quadratic, 40 seeds, the rule's worst
-       regret 13.8% -> 2.8%); so is a single run the estimate rests on just below a run that blew
-       up (near a stability edge some seeds train and others blow up). Both off with
-       ``replicates=0``.
+       regret 13.8% -> 2.8%). Both off with ``replicates=0``.
     4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit``
        estimates it from the trials so far (until it can, the learning rate whose runs did best on
        average), out to its nearest neighbours that ran and as far as the estimate's interval
@@ -168,7 +165,7 @@ class ValleySampler(BaseSampler):
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
                    if t.state == TrialState.RUNNING or outcome_of(t) == Outcome.PRUNED]
-        lone = (_lone_best(fit) or _below_a_blowup(fit)) if self._replicates != 0 else None
+        lone = _lone_best(fit) if self._replicates != 0 else None
         for proposal in (lone, self._unmeasured_stretch(fit, stopped),
                          self._toward_a_wall(fit, center, cliff, stopped), self._replicate(fit, center, owed)):
             if proposal is not None:
@@ -313,31 +310,6 @@ def _lone_best(fit: BatchOptimum | None) -> float | None:
     line = a * g.mean[left] + (1 - a) * g.mean[right]
     scale = fit.noise * math.sqrt(1 + a**2 / g.count[left] + (1 - a) ** 2 / g.count[right])
     return float(g.x[best]) if line - g.mean[best] > WORSE_Z * scale else None
-
-
-def _below_a_blowup(fit: BatchOptimum | None) -> float | None:
-    """The run the estimate rests on again (within ×1.15 of it), where it ran once and is the highest
-    below a blow-up: a run at most ×1.5 above it that diverged, or that did worse than every run
-    within ×4 below the estimate (the metric left the valley altogether). Near a stability edge some
-    seeds blow up and others train, so one run that trained there says little about the next, and
-    only its repeat says whether that learning rate is safe. (The digits MLP with momentum replayed
-    from its grid, B=32: the estimate stood on one run that trained ×1.12 below a run that blew up,
-    where most seeds blow up: 6,525% lost, unflagged.)"""
-    if fit is None or fit.valley is None or fit.lr is None:
-        return None
-    g, center = fit.valley.groups, math.log(fit.lr)
-    valley = g.mean[(g.x >= center - _BLOWUP_DEPTH) & (g.x <= center)]
-    if not len(valley):
-        return None
-    up = np.flatnonzero((g.x > center) & (g.mean > valley.max()))
-    edge = min(g.x[up[0]] if len(up) else math.inf, fit.valley.cliff_x)
-    below = np.flatnonzero(g.x < edge)
-    if not math.isfinite(edge) or not len(below):
-        return None
-    last = below[-1]
-    if edge - g.x[last] > _WALL_GAP or g.count[last] > 1 or abs(center - g.x[last]) > _REPLICATE_REACH:
-        return None
-    return float(g.x[last])
 
 
 def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) -> float:
