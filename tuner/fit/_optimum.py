@@ -506,6 +506,7 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
         valley, bracket, vertex = _interpolated(groups, noise, estimate, batch.cliff), interval, estimate
     else:
         estimate, vertex, interval, method, valley, bracket = _fit(batch, noise, rng, asymmetric, lr_range)
+    interval = _not_ruled_out(interval, groups, best, noise)
     x_best, sign = groups.x[best], -1.0 if maximize else 1.0
     flags = ((EDGE_LOW,) if batch.tried[0] == x_best else ()) + ((EDGE_HIGH,) if batch.tried[-1] == x_best else ())
     flags += (FEW_TRIALS,) if len(trials.x) < FEW_COMPLETE else ()
@@ -802,6 +803,20 @@ def clearly_worse(groups: Groups, best: int, noise: float | None) -> np.ndarray:
     worse = gap > WORSE_Z * (noise or 0.0) * np.sqrt(1 / groups.count + 1 / groups.count[best])
     worse[best] = False
     return worse
+
+
+def _not_ruled_out(interval: tuple[float, float], groups: Groups, best: int,
+                   noise: float | None) -> tuple[float, float]:
+    """The interval, widened to every learning rate whose runs did not do clearly worse than the best
+    (the learning rates a test at WORSE_Z cannot rule out). The model's interval knows only the
+    trials it was fitted to; a learning rate beyond them that did as well, within noise, may hold the
+    optimum. Without it the intervals covered the grid's optimum in 80-85% of the real workloads'
+    batch sizes (heavy-tailed runs: a lucky run among learning rates ×10 above the optimum bent a
+    valley around itself), with it 97-98% (40 replayed studies each)."""
+    if noise is None:
+        return interval
+    kept = groups.x[~clearly_worse(groups, best, noise)]
+    return min(interval[0], float(kept.min())), max(interval[1], float(kept.max()))
 
 
 def _bounds(groups: Groups, best: int, noise: float | None, cliff: float) -> tuple[float, float]:
