@@ -30,7 +30,8 @@ valley is deep. In order:
    the interval widens to the trials either side of them.
 5. **Interval.** A bootstrap that redraws each learning rate's result from the fitted curve with
    the larger of the noise and its own residual (so that a model that misfits widens it), refits
-   and re-applies the bounds.
+   and re-applies the bounds; then widened to every learning rate whose runs did not do clearly
+   worse than the best (the bootstrap knows only the trials the valley was fitted to).
 6. **No signal.** A batch size where no learning rate did better than the others beyond noise, or
    whose best run is no better than the untrained model (when the workload reports step 0), is
    flagged ``no-signal``: the data cannot say where its optimum is.
