@@ -191,7 +191,9 @@ def test_framework_mapping_says_where_the_rule_does_and_does_not_map(stored):
     fit["recommended"] = "linear"
     report = export_fit(fit, "markdown")
     assert "--lr-base-scale linear" in report and "exactly this rule" in report
-    assert "auto_scale_lr = dict(enable=True, base_batch_size=64)" in report
+    base = fit["rules"]["linear"]["batch_size_ref"]  # the reference batch size, which the study measured
+    assert base == fit["reference_batch_size"] and base in fit["batch_sizes"]
+    assert f"auto_scale_lr = dict(enable=True, base_batch_size={base})" in report
     fit["recommended"] = "sqrt"
     report = export_fit(fit, "markdown")
     assert "--lr-base-scale sqrt" in report

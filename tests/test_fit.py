@@ -912,6 +912,18 @@ def test_an_interval_reaches_every_learning_rate_that_did_as_well_as_the_best_wi
     assert lucky.ci[0] <= truth <= lucky.ci[1]                # ...and its interval says how little that is
 
 
+def test_the_textbook_rules_are_scaled_from_a_batch_size_whose_optimum_the_trials_pin():
+    # the same replayed study: B=128 is nearest the geometric middle of 16…512, but its interval spans
+    # ×42 around an estimate ×11 off the grid's optimum. Scaled from it, the verdict said "the linear
+    # rule would over-shoot ×16.2 at B=512" of an estimate no better than a guess
+    result = fit_study(stored_study("cnn-adam-loss-replay-trials.json"))
+    usable = [o for o in result.optima if o.usable]
+    reference = next(o for o in usable if o.batch_size == result.reference_batch_size)
+    assert reference.sigma <= 2 * max(min(o.sigma for o in usable), 0.03)
+    assert factor(reference.lr, grid_optimum("cnn-adam", reference.batch_size)) < 2
+    assert f"Scaled from B={reference.batch_size} (lr={reference.lr:.3g})" in result.verdict
+
+
 def test_a_best_run_beside_a_divergence_is_not_flagged_without_a_valley():
     # a deterministic valley whose trials only descend towards a cliff: the best run is the last below
     # the divergence, which bounds the optimum from above; that is a bracket, not one run's word
