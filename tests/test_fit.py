@@ -916,10 +916,12 @@ def test_the_textbook_rules_are_scaled_from_a_batch_size_whose_optimum_the_trial
     # the same replayed study: B=128 is nearest the geometric middle of 16…512, but its interval spans
     # ×42 around an estimate ×11 off the grid's optimum. Scaled from it, the verdict said "the linear
     # rule would over-shoot ×16.2 at B=512" of an estimate no better than a guess
+    from tuner.fit._result import SIGMA_FLOOR, WELL_MEASURED
+
     result = fit_study(stored_study("cnn-adam-loss-replay-trials.json"))
     usable = [o for o in result.optima if o.usable]
     reference = next(o for o in usable if o.batch_size == result.reference_batch_size)
-    assert reference.sigma <= 2 * max(min(o.sigma for o in usable), 0.03)
+    assert reference.sigma <= WELL_MEASURED * max(min(o.sigma for o in usable), SIGMA_FLOOR)
     assert factor(reference.lr, grid_optimum("cnn-adam", reference.batch_size)) < 2
     assert f"Scaled from B={reference.batch_size} (lr={reference.lr:.3g})" in result.verdict
 
