@@ -13,6 +13,9 @@ with the default search, once per seed, and scored against the workload's truth:
   the linear and square-root rules from ("the linear rule would over-shoot ×4 at B=1024");
 * **unflagged > target**: per-batch estimates with more than twice the regret target that carry no flag
   (the target: 5% on synthetic workloads, 15% on real ones);
+* **noise / seeds' scatter**: on a dense grid's truth, the fit's noise (one run's standard deviation)
+  over the grid seeds' scatter, at the truth's optimum and where the estimate lies (median; 1 is
+  honest, below 1 turns luck into bounds);
 * **samples**: training samples the study processed (each trial up to its last report).
 
 Methods: ``tuner`` (this checkout), ``baseline`` (the tuner at ``--baseline-commit``, run from a
@@ -135,7 +138,7 @@ def _score(workload, study, best_trial: bool) -> dict:
             lr, flags = (o.lr, list(o.flags)) if o is not None else (None, ["no-fit"])
             ci, method = (list(o.ci) if o is not None and o.ci else None), getattr(o, "method", "")
         per_batch[b] = {"lr": lr, "truth": truth, "flags": flags, "ci": ci, "method": method,
-                        "regret": _regret(workload, b, lr),
+                        "regret": _regret(workload, b, lr), "noise": _noise_against_seeds(workload, b, lr, fitted),
                         "covered": None if ci is None else ci[0] <= truth <= ci[1],
                         "best_trial_regret": _regret(workload, b, best.get(b)), "trials": counts[b]}
     rule = {b: _regret(workload, b, fit.predict(b)) for b in workload.batch_sizes} if fit is not None else None
@@ -147,6 +150,15 @@ def _score(workload, study, best_trial: bool) -> dict:
             "samples": sum(int(t.user_attrs.get("samples", 0)) for t in trials),
             "trials": len(trials), "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "pruned": sum(t.user_attrs.get("outcome") == "pruned" for t in trials)}
+
+
+def _noise_against_seeds(workload, batch_size: int, lr: float | None, fitted: dict) -> list[float] | None:
+    """The fit's noise at this batch size over the grid's seed scatter, at the truth's optimum and at
+    the estimate (a dense grid knows the scatter; None elsewhere, or without a noise estimate)."""
+    o, scatter_at = fitted.get(batch_size), getattr(workload.truth, "scatter_at", None)
+    if o is None or not o.noise or lr is None or scatter_at is None:
+        return None
+    return [o.noise / scatter_at(batch_size, workload.truth.optimum(batch_size)), o.noise / scatter_at(batch_size, lr)]
 
 
 def _best_trials(study, maximize: bool) -> dict[int, float]:
@@ -248,6 +260,13 @@ class Summary:
         found = [_at(row["per_batch"], row["reference"])["regret"] for row in self.rows if row.get("reference")]
         return max((math.inf if r is None else r for r in found), default=None)
 
+    @property
+    def noise_against_seeds(self) -> tuple[float, float] | None:
+        """The median over batch sizes and seeds of the fit's noise over the grid's seed scatter: at
+        the truth's optimum, and where the estimate lies."""
+        found = [p["noise"] for row in self.rows for p in row["per_batch"].values() if p.get("noise")]
+        return (statistics.median(f[0] for f in found), statistics.median(f[1] for f in found)) if found else None
+
     def unflagged_over(self, limit: float) -> int:
         return sum(1 for row in self.rows for p in row["per_batch"].values()
                    if not p["flags"] and p["regret"] is not None and p["regret"] > limit)
@@ -304,18 +323,19 @@ def section(rows: list[dict], command: str) -> Section:
     result = Section("4. The panel: regret against the truth on workloads of different shapes", intro)
     header = ["workload", "method", "seeds", "per-batch median", "worst batch (median seed)",
               "worst batch (worst seed)", "rule worst (median seed)", "rule worst (worst seed)",
-              "reference B (worst seed)", "unflagged > 2× target", "flagged", "CI coverage", "samples",
-              "samples / baseline"]
+              "reference B (worst seed)", "unflagged > 2× target", "flagged", "CI coverage",
+              "noise / seeds' scatter (at optimum; at estimate)", "samples", "samples / baseline"]
     table = []
     for s in summaries:
         limit = 2 * TARGETS[s.kind]["worst"]
         baseline = next((b for b in summaries if b.workload == s.workload and b.method == "baseline"), None)
-        coverage = s.coverage
+        coverage, noise = s.coverage, s.noise_against_seeds
         table.append([s.workload, s.method, len(s.rows), pct(s.per_batch_median), pct(s.worst_median_seed),
                       pct(s.worst), pct(s.rule_median_seed), pct(s.rule_worst), pct(s.reference_worst),
                       s.unflagged_over(limit),
                       f"{s.flagged_share:.0%} (≤{s.most_flagged_in_a_seed:.0%})",
-                      "-" if coverage is None else f"{coverage:.0%}", f"{s.samples:,.0f}",
+                      "-" if coverage is None else f"{coverage:.0%}",
+                      "-" if noise is None else f"{noise[0]:.2f}; {noise[1]:.2f}", f"{s.samples:,.0f}",
                       f"{s.samples / baseline.samples:.2f}" if baseline and baseline.samples else "-"])
     result.table("Regret in % of the metric at the truth's optimum (lower is better)", header, table)
     result.goals += _goals(summaries)

@@ -134,6 +134,13 @@ class GridTruth:
         here = self.mean_at(batch_size, lr)
         return (best - here) / best if self.maximize else here / best - 1.0
 
+    def scatter_at(self, batch_size: int, lr: float) -> float:
+        """One run's standard deviation over the grid's seeds at ``lr`` (linear in log-lr between grid
+        points, as the mean): what a fit's noise estimate there should come to."""
+        log_lrs = np.log(np.asarray(load_grid(self.name)["lrs"], dtype=float))
+        spread = grid_values(self.name, self.metric)[batch_size].std(axis=1, ddof=1)
+        return float(np.interp(math.log(lr), log_lrs, spread))
+
     def resolution(self, splits: int = 400) -> tuple[float, float]:
         """How finely the grid itself can judge regret: the grid's best learning rate from half its
         seeds, priced by the other half; (median, 95th percentile) over random splits and batch sizes. A
