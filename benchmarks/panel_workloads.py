@@ -137,9 +137,9 @@ class GridTruth:
     def scatter_at(self, batch_size: int, lr: float) -> float:
         """One run's standard deviation over the grid's seeds at ``lr`` (linear in log-lr between grid
         points, as the mean): what a fit's noise estimate there should come to."""
-        log_lrs = np.log(np.asarray(load_grid(self.name)["lrs"], dtype=float))
+        x, _ = self._curve(batch_size)
         spread = grid_values(self.name, self.metric)[batch_size].std(axis=1, ddof=1)
-        return float(np.interp(math.log(lr), log_lrs, spread))
+        return float(np.interp(math.log(lr), x, spread))
 
     def resolution(self, splits: int = 400) -> tuple[float, float]:
         """How finely the grid itself can judge regret: the grid's best learning rate from half its
