@@ -154,11 +154,12 @@ def _score(workload, study, best_trial: bool) -> dict:
 
 def _noise_against_seeds(workload, batch_size: int, lr: float | None, fitted: dict) -> list[float] | None:
     """The fit's noise at this batch size over the grid's seed scatter, at the truth's optimum and at
-    the estimate (a dense grid knows the scatter; None elsewhere, or without a noise estimate)."""
-    o, scatter_at = fitted.get(batch_size), getattr(workload.truth, "scatter_at", None)
-    if o is None or not o.noise or lr is None or scatter_at is None:
+    the estimate (a dense grid knows the scatter; None elsewhere, or without a noise estimate: the
+    baseline's fit predates it)."""
+    noise, scatter_at = getattr(fitted.get(batch_size), "noise", None), getattr(workload.truth, "scatter_at", None)
+    if not noise or lr is None or scatter_at is None:
         return None
-    return [o.noise / scatter_at(batch_size, workload.truth.optimum(batch_size)), o.noise / scatter_at(batch_size, lr)]
+    return [noise / scatter_at(batch_size, workload.truth.optimum(batch_size)), noise / scatter_at(batch_size, lr)]
 
 
 def _best_trials(study, maximize: bool) -> dict[int, float]:
@@ -366,7 +367,7 @@ def _resolutions(summaries: list[Summary]) -> list[str]:
         cells = len(measured[w.name].rows) * len(w.batch_sizes)
         median, high = float(np.median(regrets)), float(np.percentile(regrets, 95))
         notes.append(f"`{w.name}` at its budget ({runs} runs a batch size), placed by an oracle that knows the grid's "
-                     f"optimum to within one step ({runs // 5 * 5} runs as 5 learning rates around it × {runs // 5} "
+                     f"optimum to within ×√2 ({runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × {runs // 5} "
                      f"seeds, the best mean kept): regret {pct(median)} (median), {pct(high)} (95th percentile); "
                      f"{over:.1%} of its estimates exceed the {pct(target)} target, so all {cells} of this run's "
                      f"stay within it with probability {(1 - over) ** cells:.0%}.")
