@@ -367,10 +367,10 @@ def _resolutions(summaries: list[Summary]) -> list[str]:
         cells = len(measured[w.name].rows) * len(w.batch_sizes)
         median, high = float(np.median(regrets)), float(np.percentile(regrets, 95))
         notes.append(f"`{w.name}` at its budget ({runs} runs a batch size), placed by an oracle that knows the grid's "
-                     f"optimum to within ×√2 ({runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × {runs // 5} "
-                     f"seeds, the best mean kept): regret {pct(median)} (median), {pct(high)} (95th percentile); "
-                     f"{over:.1%} of its estimates exceed the {pct(target)} target, so all {cells} of this run's "
-                     f"stay within it with probability {(1 - over) ** cells:.0%}.")
+                     f"optimum to within ×√2 ({runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × "
+                     f"{runs // 5} seeds, the best mean kept): regret {pct(median)} (median), {pct(high)} "
+                     f"(95th percentile); {over:.1%} of its estimates exceed the {pct(target)} target, so all "
+                     f"{cells} of this run's stay within it with probability {(1 - over) ** cells:.0%}.")
     return notes
 
 

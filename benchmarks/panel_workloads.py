@@ -157,20 +157,22 @@ class GridTruth:
 
     def oracle_regret(self, runs: int, rates: int = 5, draws: int = 400) -> np.ndarray:
         """What ``runs`` runs a batch size can reach with their learning rates placed by an oracle: it
-        knows the grid's optimum to within one grid step (its guess is the optimum or a neighbour, at
-        random), runs the ``rates`` grid learning rates around the guess (×√2 apart here) with
+        knows the grid's optimum to within ×√2 (its guess is the optimum or the grid learning rate ×√2
+        either side, at random), runs the ``rates`` grid learning rates ×√2 apart around the guess with
         ``runs // rates`` seeds each, drawn from the grid's, and keeps the best mean. The regrets of
         ``draws`` such experiments per batch size, priced by the whole grid (which counts the oracle's
         own runs, so errs in its favour). A target below what it reaches is below this budget's noise."""
         rng, regrets = np.random.default_rng(0), []
         sign, seeds = (-1.0 if self.maximize else 1.0), max(runs // rates, 1)
         log_lrs = np.log(np.asarray(load_grid(self.name)["lrs"], dtype=float))
+        stride = max(round(math.log(math.sqrt(2.0)) / (log_lrs[1] - log_lrs[0])), 1)  # grid steps in ×√2
         for batch_size, values in grid_values(self.name, self.metric).items():
             values = sign * values  # (lr, seed), lower is better
             best = int(np.argmin(values.mean(axis=1)))
             for _ in range(draws):
-                first = best + int(rng.integers(-1, 2)) - rates // 2
-                tried = np.arange(max(first, 0), min(first + rates, len(values)))
+                first = best + stride * (int(rng.integers(-1, 2)) - rates // 2)
+                tried = np.arange(first, first + stride * rates, stride)
+                tried = tried[(tried >= 0) & (tried < len(values))]
                 means = [values[i, rng.choice(values.shape[1], seeds, replace=False)].mean() for i in tried]
                 regrets.append(self.regret(batch_size, float(np.exp(log_lrs[tried[int(np.argmin(means))]]))))
         return np.array(regrets)
@@ -327,7 +329,7 @@ def mlp_momentum(run) -> float:
 
 def replayed(workload: PanelWorkload) -> PanelWorkload:
     """``workload`` with each run drawn from its truth's grid instead of trained: from one of the two
-    grid learning rates either side of the run's (×√2 apart), the nearer one the likelier in
+    grid learning rates either side of the run's, the nearer one the likelier in
     proportion to the log-distance, so that the expected metric at any learning rate is the truth's
     (which interpolates linearly in log-lr between them: drawn from the nearest one instead, a run at
     ×1.09 of a grid learning rate whose neighbour above blows up in most seeds never blew up, while
