@@ -863,7 +863,9 @@ def test_each_rule_is_fitted_where_it_costs_least_not_in_the_first_hollow():
 
     data = read_study(stored_study("stiff-quadratic-trials.json"))
     usable = [o for o in estimate_optima(data.batches, False, data.lr_range, np.random.default_rng(0)) if o.usable]
-    optima, log_ref = _optima(usable), math.log(_reference(usable, None).batch_size)
+    trials = {b.batch_size: b for b in data.batches}
+    optima = _optima(usable, [trials[o.batch_size] for o in usable])
+    log_ref = math.log(_reference(usable, None).batch_size)
     levels = np.linspace(optima.y.min() - 2.0, optima.y.max() + 2.0, 81)
     bends = np.linspace(optima.log_b.min(), optima.log_b.max(), 81)
     second = {"power": np.linspace(-0.5, 1.5, 81), SATURATING: bends, SURGE: bends}
@@ -924,6 +926,37 @@ def test_the_textbook_rules_are_scaled_from_a_batch_size_whose_optimum_the_trial
     assert reference.sigma <= WELL_MEASURED * max(min(o.sigma for o in usable), SIGMA_FLOOR)
     assert factor(reference.lr, grid_optimum("cnn-adam", reference.batch_size)) < 2
     assert f"Scaled from B={reference.batch_size} (lr={reference.lr:.3g})" in result.verdict
+
+
+def grid_mean(name: str, batch_size: int, lr: float) -> float:
+    """The mean loss over the seeds of benchmarks/data/``name``.json at ``lr``, linear in log-lr between
+    the grid's learning rates (a diverged run counts as the untrained model)."""
+    grid = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "data" / f"{name}.json").read_text())
+    means = [np.mean([grid["untrained"]["loss"] if r["diverged"] else r["loss"] for r in seeds])
+             for seeds in grid["runs"][str(batch_size)]]
+    return float(np.interp(math.log(lr), np.log(grid["lrs"]), means))
+
+
+def test_a_rule_keeps_below_a_blow_up_as_far_as_the_trials_leave_it_unexplored():
+    # a real study of the digits MLP with momentum (tests/data/mlp-momentum-trials.json): at B=8 the
+    # valley is flat from ×0.33 to ×1.35 of the grid's optimum, the run at ×1.93 trained and the one at
+    # ×2.31 blew up (stopped by the pruner at a loss of 2.44). The other batch sizes pulled every rule
+    # but the linear up to that last run that trained, where the grid's seeds start to blow up: the
+    # square-root rule's loss there was 40 times the optimum's
+    from tuner.fit._data import read_study
+    from tuner.fit._rules import OUTSIDE  # how far past a limit a rule pays a spread: a soft limit
+
+    study = stored_study("mlp-momentum-trials.json")
+    result = fit_study(study)
+    edge = next(o for o in result.optima if o.batch_size == 8)
+    trials = next(b for b in read_study(study).batches if b.batch_size == 8)
+    trained = trials.x.max()
+    blown = min(x for x in (*trials.diverged_x, *trials.pruned_x) if x > trained)
+    unexplored = blown - trained  # somewhere in here the runs start to blow up
+    assert math.log(result.predict(8)) <= max(trained - unexplored, math.log(edge.lr), math.log(edge.vertex)) + OUTSIDE
+    for b in result.batch_sizes:
+        optimum = grid_mean("mlp-momentum", b, grid_optimum("mlp-momentum", b))
+        assert grid_mean("mlp-momentum", b, result.predict(b)) < 2 * optimum, b
 
 
 def test_a_best_run_beside_a_divergence_is_not_flagged_without_a_valley():

@@ -12,7 +12,7 @@ from pydantic import Field, computed_field, model_serializer, model_validator
 
 from tuner.errors import InputError
 from tuner.fit._critical import CriticalBatch, describe, estimate_critical
-from tuner.fit._data import read_study
+from tuner.fit._data import BatchTrials, read_study
 from tuner.fit._model import Frozen, Real
 from tuner.fit._optimum import (
     EDGE_HIGH,
@@ -175,7 +175,8 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    fits = fit_rules(_optima(usable), reference.batch_size)
+    trials = {b.batch_size: b for b in data.batches}
+    fits = fit_rules(_optima(usable, [trials[o.batch_size] for o in usable]), reference.batch_size)
     rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
     critical = estimate_critical(data.batches, optima, data.metric_maximize, target if target is not None
@@ -206,16 +207,37 @@ def _rule(fit: dict, optima: list[BatchOptimum], reference: BatchOptimum) -> Rul
     return Rule(**fit, **following(Rule(**fit), optima), anchored_lr=scaled)
 
 
-def _optima(usable: list[BatchOptimum]) -> Optima:
+def _optima(usable: list[BatchOptimum], trials: list[BatchTrials]) -> Optima:
     low, high = (np.maximum([o.spread[side] for o in usable], SIGMA_FLOOR) for side in (0, 1))
     floor = [math.log(o.bracket[0]) if o.bracket and o.bracket[0] else -math.inf for o in usable]
-    ceiling = [math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf for o in usable]
+    ceiling = [min(math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf, _short_of_blow_up(o, t))
+               for o, t in zip(usable, trials)]
     cost_x, cost = (np.array(column) for column in zip(*(_cost_curve(o) for o in usable)))
     y = np.log([o.vertex for o in usable])
     reach = [_reach(y, cost_x, cost, side) for side in (0, 1)]
     reach = [np.where(np.isfinite(r), r, Z95 * spread) for r, spread in zip(reach, (low, high))]
     return Optima(np.log([o.batch_size for o in usable]), y, low, high, np.asarray(floor), np.asarray(ceiling),
                   cost_x, cost, *reach)
+
+
+def _short_of_blow_up(optimum: BatchOptimum, trials: BatchTrials) -> float:
+    """How high a rule may go at this batch size (log-lr; inf: no limit): next to a blow-up, as far
+    below the highest run that trained as that run lies below the first one above it that blew up
+    (diverged, or was stopped by the pruner above every run that completed), but never below the
+    batch size's own optimum. Somewhere in that gap the runs start to blow up, and where depends on
+    the seed: the one run that trained next to it says little of the next. Fitted across batch
+    sizes, a rule presses against the last run that trained wherever the other batch sizes pull it
+    up (the digits MLP with momentum, B=8: the square-root rule at ×1.93 of the optimum, the run
+    there trained and the one at ×2.31 blew up; at ×2.0 every seed of the grid's ended 2 to 195
+    times the optimum's loss)."""
+    if not len(trials.x):
+        return math.inf
+    trained = float(trials.x.max())
+    blown = np.r_[trials.diverged_x, trials.pruned_x]
+    blown = blown[blown > trained]
+    if not len(blown):
+        return math.inf
+    return max(2 * trained - float(blown.min()), math.log(optimum.lr), math.log(optimum.vertex))
 
 
 def _reach(y: np.ndarray, cost_x: np.ndarray, cost: np.ndarray, side: int) -> np.ndarray:
