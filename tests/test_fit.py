@@ -863,8 +863,7 @@ def test_each_rule_is_fitted_where_it_costs_least_not_in_the_first_hollow():
 
     data = read_study(stored_study("stiff-quadratic-trials.json"))
     usable = [o for o in estimate_optima(data.batches, False, data.lr_range, np.random.default_rng(0)) if o.usable]
-    trials = {b.batch_size: b for b in data.batches}
-    optima = _optima(usable, [trials[o.batch_size] for o in usable])
+    optima = _optima(usable, {b.batch_size: b for b in data.batches})
     log_ref = math.log(_reference(usable, None).batch_size)
     levels = np.linspace(optima.y.min() - 2.0, optima.y.max() + 2.0, 81)
     bends = np.linspace(optima.log_b.min(), optima.log_b.max(), 81)

@@ -175,8 +175,7 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    trials = {b.batch_size: b for b in data.batches}
-    fits = fit_rules(_optima(usable, [trials[o.batch_size] for o in usable]), reference.batch_size)
+    fits = fit_rules(_optima(usable, {b.batch_size: b for b in data.batches}), reference.batch_size)
     rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
     critical = estimate_critical(data.batches, optima, data.metric_maximize, target if target is not None
@@ -207,11 +206,11 @@ def _rule(fit: dict, optima: list[BatchOptimum], reference: BatchOptimum) -> Rul
     return Rule(**fit, **following(Rule(**fit), optima), anchored_lr=scaled)
 
 
-def _optima(usable: list[BatchOptimum], trials: list[BatchTrials]) -> Optima:
+def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optima:
     low, high = (np.maximum([o.spread[side] for o in usable], SIGMA_FLOOR) for side in (0, 1))
     floor = [math.log(o.bracket[0]) if o.bracket and o.bracket[0] else -math.inf for o in usable]
-    ceiling = [min(math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf, _short_of_blow_up(o, t))
-               for o, t in zip(usable, trials)]
+    ceiling = [min(math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf,
+                   _short_of_blow_up(o, trials[o.batch_size])) for o in usable]
     cost_x, cost = (np.array(column) for column in zip(*(_cost_curve(o) for o in usable)))
     y = np.log([o.vertex for o in usable])
     reach = [_reach(y, cost_x, cost, side) for side in (0, 1)]
