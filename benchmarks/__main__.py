@@ -12,10 +12,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import accuracy, overhead, panel, scaling
+from benchmarks import accuracy, overhead, panel, scaling, shapes
 from benchmarks.report import REPO, Section, header, log, machine, markdown_table
 
-BENCHMARKS = ["accuracy", "overhead", "scaling", "panel"]
+BENCHMARKS = ["accuracy", "overhead", "scaling", "panel", "shapes"]
 
 
 def full(name: str, seeds: int, postgres: bool) -> Section:
@@ -25,6 +25,8 @@ def full(name: str, seeds: int, postgres: bool) -> Section:
         return overhead.run()
     if name == "panel":
         return panel.run(command="python -m benchmarks (panel)")
+    if name == "shapes":
+        return shapes.run_section(command="python -m benchmarks (shapes)")
     return scaling.run(postgres=postgres)
 
 
@@ -39,6 +41,8 @@ def quick(name: str, seeds: int, postgres: bool) -> Section:
         return panel.run(only=["quadratic", "valley-sqrt-5%", "cnn-adam-accuracy", "cnn-adam-accuracy-replay"],
                          seeds=1, methods=("tuner", "optuna"), n_trials=18,
                          command="python -m benchmarks --quick (panel)")
+    if name == "shapes":
+        return shapes.run_section(shapes=3, seeds=1, command="python -m benchmarks --quick (shapes)")
     return scaling.run(n_trials=8, sleep=0.0, workers=(1, 2), storages=["journal file"], fit_sizes=(100,),
                        fit_repeats=1, postgres=postgres)
 

@@ -14,14 +14,14 @@ def test_quick_run_writes_every_table(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     text = output.read_text()
     for heading in ["# Benchmark results", "## Goals", "## 1. Accuracy", "## 2. Overhead", "## 3. Scaling",
-                    "## 4. The panel"]:
+                    "## 4. The panel", "## 11. Held-out shapes"]:
         assert heading in text
     for row in ["| optuna ", "| torch ", "| CPU ", "python -m benchmarks --quick",  # header: machine, versions
                 "| tuner (fitted optimum) ", "| plain Optuna ", "| random search ", "| dense grid (17/batch) ",
                 "| journal file (default) ", "| SQLite ", "| in-memory ", "`storage.set_trial_intermediate_value`",
                 "| journal file | ", "tuner fit", "1a. ", "1a′. ", "1b. ", "2a. ", "2b. ",
                 "| quadratic ", "| valley-sqrt-5% ", "| cnn-adam-accuracy ", "| cnn-adam-accuracy-replay ", "| optuna ",
-                "10. synthetic", "10. real"]:
+                "10. synthetic", "10. real", "| law ", "| metric ", "worst cells"]:
         assert row in text, row
     assert text.count("| met ") + text.count("| **missed** ") == 9  # nine goals (no baseline here), with status
     assert "## 1. Accuracy" in done.stdout  # the tables are printed too
