@@ -439,6 +439,24 @@ def test_a_batch_size_at_chance_everywhere_has_no_signal_and_is_left_out_of_the_
     assert all(NO_SIGNAL not in o.flags for o in result.optima[:-1])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("gap", "no_signal"), [(1.5, False), (20.0, True)])
+def test_a_flat_level_far_below_a_divergence_has_no_signal_and_one_close_below_it_is_the_floor(gap, no_signal, seed):
+    # an accuracy at chance up to the highest run that trained, then a divergence: far above it, a valley
+    # may lie between them that no run reached (it read as an optimum on the chance plateau); right
+    # above it, the flat is the valley's floor and the optimum lies on it
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(direction="maximize")
+    background(study, sizes=(16, 32, 64, 128), maximize=True)
+    lrs = np.geomspace(1e-5, 1e-2, 12)
+    for lr in lrs:
+        study.add_trial(trial({"batch_size": 512, "lr": float(lr)}, value=0.1 + 0.005 * rng.standard_normal()))
+    study.add_trial(trial({"batch_size": 512, "lr": float(lrs[-1] * gap)}, state=TrialState.PRUNED,
+                          outcome="diverged"))
+    flat = next(o for o in fit_study(study).optima if o.batch_size == 512)
+    assert (NO_SIGNAL in flat.flags) == no_signal
+
+
 def test_a_best_run_no_better_than_the_untrained_model_has_no_signal():
     study = optuna.create_study()
     background(study)

@@ -56,6 +56,7 @@ WALL_Z = 5.0            # a residual beyond this many noise deviations (the medi
 MIN_ROBUST = 5          # residuals the median needs before it may call one a wall
 NO_SIGNAL_Z = 3.0       # a best run within this many noise deviations of the untrained model has no signal
 MIN_SIGNAL_SPAN = math.log(4.0)  # flatness only means no signal when the trials span at least ×4
+CLIFF_REACH = math.log(2.0)  # a divergence this close above a flat valley's last run makes the flat its floor
 NOISE_SPAN = math.log(4.0)  # neighbours further apart than this say more about the valley than the noise
 REACH = math.log(8.0)   # the local model sees trials at most this far from the best...
 DEPTH = 0.5             # ...in the lower part of the valley: at most this share of its height above the best...
@@ -520,7 +521,7 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
              and not _one_valley(groups.mean, best))
     flags += (NO_VALLEY,) if alone else ()
     baseline = None if trials.baseline is None else sign * trials.baseline
-    if _no_signal(groups, best, noise, baseline, diverged=math.isfinite(batch.cliff)):
+    if _no_signal(groups, best, noise, baseline, batch.cliff):
         flags += (NO_SIGNAL,)
     return BatchOptimum(lr=math.exp(estimate), ci=(math.exp(interval[0]), math.exp(interval[1])),
                         best_lr=math.exp(x_best), best_value=float(sign * groups.mean[best]), flags=flags,
@@ -966,15 +967,23 @@ def _interpolated(groups: Groups, noise: float | None, estimate: float, cliff: f
 
 # --- 6. no signal --------------------------------------------------------------------------------------------
 
-def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None, diverged: bool) -> bool:
-    """The best run is no better than the untrained model, or the learning rates tried (over at
-    least ×4) did no better than one another beyond noise, and none diverged: their means are as
-    consistent with one flat level as noise makes them (a chi-square test at 99%). A flat valley
-    that ends in a divergence is a signal: the optimum lies below the cliff, somewhere on the flat."""
+def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None, cliff: float) -> bool:
+    """The best run is no better than the untrained model, or the learning rates tried did no better
+    than one another beyond noise (``flat``) and no divergence lies close above the last of them. A
+    flat valley that ends in a divergence within ×2 is a signal: the optimum lies below the cliff,
+    somewhere on the flat. One further away leaves room for a valley no run reached: an accuracy
+    flat at chance up to ×0.09 of the optimum and diverging at ×2.2 (the valley between them ×1.4
+    wide) read as an optimum on the chance plateau, ×0.0004 of the truth (held-out shape 4)."""
     best_mean = groups.mean[best]
     if baseline is not None and best_mean > baseline - NO_SIGNAL_Z * (noise or 0.0):
         return True
-    if diverged or not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
+    return cliff - groups.x[-1] > CLIFF_REACH and flat(groups, noise)
+
+
+def flat(groups: Groups, noise: float | None) -> bool:
+    """The learning rates tried (over at least ×4) did no better than one another beyond noise: their
+    means are as consistent with one flat level as noise makes them (a chi-square test at 99%)."""
+    if not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:
         return False
     level = np.average(groups.mean, weights=groups.count)
     chi2 = float(np.sum(groups.count * (groups.mean - level) ** 2)) / noise**2
