@@ -7,7 +7,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from tuner.fit._optimum import BEST_TRIALS, QUADRATIC
+from tuner.fit._optimum import BEST_TRIALS, NO_SIGNAL, QUADRATIC, BatchOptimum
 from tuner.search._valley import fit_of
 from tuner.trials import LR, Outcome, by_batch_size, outcome_of
 
@@ -44,16 +44,16 @@ def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
     best = {}
     for batch_size, trials in by_batch_size(finished).items():
         usable = [t for t in trials if outcome_of(t) == Outcome.COMPLETE and _positive(t.params.get(LR))]
-        if usable:
-            best[batch_size] = _estimate(trials, maximize) or min(
-                usable, key=lambda t: (-1.0 if maximize else 1.0) * t.value).params[LR]
+        fit = fit_of(trials, maximize)
+        if not usable or (fit is not None and NO_SIGNAL in fit.flags):
+            continue  # no signal: its best run is the luckiest of the noise, and says nothing of its optimum
+        best[batch_size] = _estimate(fit) or min(usable, key=lambda t: (-1.0 if maximize else 1.0) * t.value).params[LR]
     return best
 
 
-def _estimate(trials: list, maximize: bool) -> float | None:
+def _estimate(fit: BatchOptimum | None) -> float | None:
     """Where the fit puts the optimum from these trials; None while it rests on one trial: on a
     valley between sparse trials the best one can sit ×1.5 off, and the hint extrapolates that."""
-    fit = fit_of(trials, maximize)
     return fit.lr if fit is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
 

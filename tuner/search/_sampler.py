@@ -101,12 +101,13 @@ class BatchSizeSampler(BaseSampler):
             return self._checked(self._next_batch_size(study), param_distribution)
         if param_name == LR and BATCH_SIZE in trial.params:
             batch_size = trial.params[BATCH_SIZE]
-            hint = lr_hint(study, batch_size) if self._warm_start else None
+            neighbours = lr_hint(study, batch_size)
             # the noise as the repeated runs of every batch size measure it, and how many repeats
             # each batch size owes so that together they measure it (PRIOR_DF degrees of freedom)
             noise = study_noise(study._get_trials(deepcopy=False, use_cache=True),
                                 study.direction == StudyDirection.MAXIMIZE)
-            view = BatchSizeView(study, batch_size, lr_hint=hint, noise_prior=noise,
+            view = BatchSizeView(study, batch_size, lr_hint=neighbours if self._warm_start else None,
+                                 neighbours_lr=neighbours, noise_prior=noise,
                                  repeats_wanted=math.ceil(PRIOR_DF / len(self._batch_sizes)))
             return self._lr_sampler.sample_independent(view, trial, param_name, param_distribution)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)

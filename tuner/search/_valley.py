@@ -16,7 +16,10 @@ from tuner.fit._optimum import (
     BEST_TRIALS,
     MIN_COMPLETE,
     MIN_FIT,
+    MIN_SIGNAL_SPAN,
+    NO_SIGNAL,
     QUADRATIC,
+    TOLERATED,
     WORSE_Z,
     BatchOptimum,
     NoisePrior,
@@ -38,6 +41,7 @@ _MAX_REACH = math.log(4.0)  # ...and at most this far
 _HINT_STEP = math.log(8.0)
 MAX_RUNS = 4  # a learning rate is run at most this many times (with different seeds)
 _REPLICATE_REACH = math.log(1.15)  # only a learning rate this close to the estimated optimum is repeated
+_HINT_NEAR = math.log(2.0)  # a run this close to the neighbours' hint has looked there
 _WALL_GAP = math.log(1.5)  # a valley's wall not found within this of the last run as good as the best is looked for
 
 
@@ -65,7 +69,13 @@ class ValleySampler(BaseSampler):
        than its neighbours within ×1.15 either side by more than the noise explains, it is repeated
        at once (a lucky seed looks like that; on the stiff quadratic, 40 seeds, the rule's worst
        regret 13.8% -> 2.8%). Both off with ``replicates=0``.
-    4. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit``
+    4. **Look for the valley** (before bracketing) where no run did better than the others
+       (``tuner.fit`` flags ``no-signal``, or every learning rate run over ×4 did within 2% of the
+       best: an accuracy on its chance plateau): the best run is the luckiest of the noise, so the
+       next trial goes where the neighbouring batch sizes found their optimum (the study's
+       ``neighbours_lr``, as ``BatchSizeSampler`` hands it over) unless a run lies within ×2 of it,
+       else into the widest stretch not yet run below the lowest divergence.
+    5. **Refine**: fill the widest gap between the runs around the optimum as ``tuner.fit``
        estimates it from the trials so far (until it can, the learning rate whose runs did best on
        average), out to its nearest neighbours that ran and as far as the estimate's interval
        reaches (at least ×1.5 and at most ×4 away, never past a diverged value or a run that did
@@ -154,13 +164,19 @@ class ValleySampler(BaseSampler):
                      and math.log(t.params[name]) > x_best] + [high])
         above = min([x for x in ran if x > x_best] + [math.inf])
         below = max([x for x in ran if x < x_best] + [-math.inf])
+        fit = fit_of(earlier, sign < 0, name, replicated=getattr(study, "noise_prior", None))
+        no_signal = (fit is not None and NO_SIGNAL in fit.flags) or _indistinct(complete, name, sign)
+        # where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best single
+        # trial is often a lucky one, and refining around it keeps the search on one side
+        fit = fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
+        if no_signal:  # refining around the luckiest of the noise measures noise
+            return self._where_the_valley_may_be(earlier, ran, name, low, high, getattr(study, "neighbours_lr", hint))
         if above > cliff and cliff - x_best > _MIN_GAP:
             return _bracket(x_best, cliff, hint)
         if below == -math.inf and x_best - low > _MIN_GAP:
             return _bracket(x_best, low, hint)
         # the noise measured, not guessed: repeats owed near the optimum once the valley has its trials
         owed = len(complete) >= MIN_FIT and _repeats(earlier, name) < getattr(study, "repeats_wanted", 1)
-        fit = self._fit(earlier, name, direction, getattr(study, "noise_prior", None))
         center = x_best if fit is None else math.log(fit.lr)
         # a pruned run did worse than its neighbours promised; a running one will say: both close a gap
         stopped = [math.log(t.params[name]) for t in earlier
@@ -183,6 +199,22 @@ class ValleySampler(BaseSampler):
         end = min([center + reach_up, *worse[worse > center]])
         return self._into_widest_gap([x_best, *ran], start, end)
 
+    def _where_the_valley_may_be(self, earlier: Sequence[FrozenTrial], ran: Sequence[float], name: str,
+                                 low: float, high: float, neighbours: float | None) -> float:
+        """Where no run did better than the others (``no-signal``, or all within 2%: ``_indistinct``),
+        the best run is the luckiest of the noise: the next trial goes where the valley may be. At
+        ``neighbours`` (log: where the other batch sizes found their optimum) while no run lies within
+        ×2 of it; then into the middle of the widest stretch not yet run below the lowest divergence.
+        (An accuracy flat at chance save within ×1.4 of the optimum, held-out shape 4: three of five
+        batch sizes refined around their luckiest chance-level run, ×0.0005 of the optimum, for 14 of
+        their 16 trials while both neighbours had found theirs, and no rule could be fitted.)"""
+        cliff = min([math.log(t.params[name]) for t in earlier if is_diverged(t)] + [high])
+        if neighbours is not None:
+            x = math.log(neighbours)
+            if x < cliff and all(abs(x - math.log(t.params[name])) > _HINT_NEAR for t in earlier):
+                return x
+        return self._into_widest_gap(ran, low, cliff)
+
     def _short_of_the_cliff(self, earlier: Sequence[FrozenTrial], name: str, low: float, high: float) -> float:
         """With no run complete: below the lowest divergence, and above the highest run that stopped
         short below it (bisecting that gap), or anywhere below it where none did. In a study scored by
@@ -203,14 +235,6 @@ class ValleySampler(BaseSampler):
         widest = int(np.argmax(np.diff(points)))
         quarter = (points[widest + 1] - points[widest]) / 4
         return float(self._rng.uniform(points[widest] + quarter, points[widest + 1] - quarter))
-
-    def _fit(self, earlier: Sequence[FrozenTrial], name: str, direction: StudyDirection,
-             replicated: NoisePrior | None) -> BatchOptimum | None:
-        """Where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best
-        single trial is often a lucky one, and refining around it keeps the search on one side.
-        The same call as the batch-size shares' and the hint's, so one fit serves all three."""
-        fit = fit_of(earlier, direction == StudyDirection.MAXIMIZE, name, replicated=replicated)
-        return fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
 
     def _unmeasured_stretch(self, fit: BatchOptimum | None, stopped: Sequence[float]) -> float | None:
         """A trial in the middle half of the widest gap wider than ×4 (more than refining reaches
@@ -310,6 +334,21 @@ def _lone_best(fit: BatchOptimum | None) -> float | None:
     line = a * g.mean[left] + (1 - a) * g.mean[right]
     scale = fit.noise * math.sqrt(1 + a**2 / g.count[left] + (1 - a) ** 2 / g.count[right])
     return float(g.x[best]) if line - g.mean[best] > WORSE_Z * scale else None
+
+
+def _indistinct(complete: Sequence[FrozenTrial], name: str, sign: float) -> bool:
+    """Every learning rate run so far, over at least ×4, did within TOLERATED (2%) of the best: as
+    good as one another for any rule, and perhaps all on a plateau. An accuracy at chance varies
+    little from run to run, so the noise measured there calls every difference real, and the
+    search refined around the luckiest of them (held-out shape 4: 0.5015 against 0.499); the
+    valley, wherever it is, lies where nothing ran yet."""
+    runs: dict[float, list[float]] = {}
+    for t in complete:
+        runs.setdefault(math.log(t.params[name]), []).append(sign * t.value)
+    if len(runs) < MIN_COMPLETE or max(runs) - min(runs) < MIN_SIGNAL_SPAN:
+        return False
+    means = [sum(v) / len(v) for v in runs.values()]
+    return max(means) - min(means) <= TOLERATED * abs(min(means))
 
 
 def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) -> float:

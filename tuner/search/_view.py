@@ -23,18 +23,21 @@ class BatchSizeView:
     a file or database each fresh read costs more than the comparison itself.
 
     ``lr_hint``: where the other batch sizes put the optimal learning rate (``ValleySampler`` starts
-    its search there), or None. ``noise_prior``: the noise the study's repeated runs measure over
-    all batch sizes (``ValleySampler``'s fit reads its noise from it), or None. ``repeats_wanted``:
-    how many times this batch size repeats its best run to measure the noise.
+    its search there), or None. ``neighbours_lr``: the same whether or not the search starts there
+    (``ValleySampler`` looks there once where its own search has lost the valley), or None.
+    ``noise_prior``: the noise the study's repeated runs measure over all batch sizes
+    (``ValleySampler``'s fit reads its noise from it), or None. ``repeats_wanted``: how many times
+    this batch size repeats its best run to measure the noise.
     """
 
     def __init__(self, study: optuna.Study, batch_size: int, cached: bool = False,
                  lr_hint: float | None = None, noise_prior: NoisePrior | None = None,
-                 repeats_wanted: int = 1) -> None:
+                 repeats_wanted: int = 1, neighbours_lr: float | None = None) -> None:
         self._study = study
         self._batch_size = batch_size
         self._cached = cached
         self.lr_hint = lr_hint
+        self.neighbours_lr = neighbours_lr
         self.noise_prior = noise_prior
         self.repeats_wanted = repeats_wanted
 
