@@ -1,6 +1,6 @@
 """Run the benchmarks and write benchmarks/RESULTS.md (see benchmarks/__init__.py).
 
-    python -m benchmarks                  # everything, about 13 minutes on 2 cores
+    python -m benchmarks                  # everything, about 17 minutes on 2 cores
     python -m benchmarks --quick          # tiny budgets, 1 seed, no PostgreSQL: checks that it all runs
     python -m benchmarks --only accuracy --seeds 20
 """
