@@ -213,7 +213,7 @@ class ValleySampler(BaseSampler):
             x = math.log(neighbours)
             if x < cliff and all(abs(x - math.log(t.params[name])) > _HINT_NEAR for t in earlier):
                 return x
-        return self._into_widest_gap(ran, low, cliff)
+        return self._into_widest_gap(ran, low, cliff if cliff > low else high)  # a divergence at the range's end
 
     def _short_of_the_cliff(self, earlier: Sequence[FrozenTrial], name: str, low: float, high: float) -> float:
         """With no run complete: below the lowest divergence, and above the highest run that stopped
@@ -342,13 +342,11 @@ def _indistinct(complete: Sequence[FrozenTrial], name: str, sign: float) -> bool
     little from run to run, so the noise measured there calls every difference real, and the
     search refined around the luckiest of them (held-out shape 4: 0.5015 against 0.499); the
     valley, wherever it is, lies where nothing ran yet."""
-    runs: dict[float, list[float]] = {}
-    for t in complete:
-        runs.setdefault(math.log(t.params[name]), []).append(sign * t.value)
-    if len(runs) < MIN_COMPLETE or max(runs) - min(runs) < MIN_SIGNAL_SPAN:
+    means = _mean_by_lr(complete, name, sign)
+    if len(means) < MIN_COMPLETE or max(means) - min(means) < MIN_SIGNAL_SPAN:
         return False
-    means = [sum(v) / len(v) for v in runs.values()]
-    return max(means) - min(means) <= TOLERATED * abs(min(means))
+    best, worst = min(means.values()), max(means.values())
+    return worst - best <= TOLERATED * abs(best)
 
 
 def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) -> float:
@@ -356,10 +354,16 @@ def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) ->
     learning rate that did better on average is not the best. (Until the fit has a valley, the search
     refines around it: after a run below a spike measured 0.72, it stayed around a run of 0.68
     whose repeat made 0.96, among heavy-tailed runs ×9 from the optimum.)"""
+    means = _mean_by_lr(complete, name, sign)
+    return min(means, key=means.__getitem__)
+
+
+def _mean_by_lr(complete: Sequence[FrozenTrial], name: str, sign: float) -> dict[float, float]:
+    """Each learning rate run (log) and the mean of its runs (times ``sign``: lower is better)."""
     runs: dict[float, list[float]] = {}
     for t in complete:
-        runs.setdefault(t.params[name], []).append(sign * t.value)
-    return math.log(min(runs, key=lambda lr: sum(runs[lr]) / len(runs[lr])))
+        runs.setdefault(math.log(t.params[name]), []).append(sign * t.value)
+    return {x: sum(values) / len(values) for x, values in runs.items()}
 
 
 def _clearly_worse_x(fit: BatchOptimum | None) -> np.ndarray:
