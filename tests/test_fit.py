@@ -209,6 +209,28 @@ def test_a_large_cost_rules_a_rule_out_even_where_its_noise_is_large():
     assert recommend(rules, optima) == "power"
 
 
+def test_the_verdict_calls_a_cost_nothing_only_where_it_is_small_as_well_as_within_noise():
+    # the same MLP: a cost of half the loss, within twice its standard error, was reported as
+    # "nothing measurable"; it is reported with its share of the metric, and its noise said
+    from tuner.fit._optimum import BatchOptimum
+    from tuner.fit._rules import N_PARAMS, Rule
+    from tuner.fit._verdict import _cost
+
+    optima = [BatchOptimum(batch_size=8 * 2**k, lr=0.01, ci=(0.005, 0.02), n_trials=17, n_complete=15,
+                           best_value=value) for k, value in enumerate((0.029, 0.027, 0.025))]
+
+    def rule(costs, errors):
+        return Rule(name="sqrt", n_params=N_PARAMS["sqrt"], metric_cost=costs, metric_cost_se=errors,
+                    diverges=(False,) * 3)
+
+    large = _cost(rule((0.0152, 0.0, 0.0087), (0.0081, 0.0083, 0.0079)), optima)
+    assert "0.015 ± 0.008" in large and "B=8, 52% of the metric there" in large and "cannot tell" in large
+    small = _cost(rule((0.0004, 0.0, 0.0002), (0.0081, 0.0083, 0.0079)), optima)  # 1.4% of the loss
+    assert "nothing measurable" in small
+    clear = _cost(rule((0.0152, 0.0, 0.0087), (0.002, 0.002, 0.002)), optima)
+    assert "0.015 ± 0.002" in clear and "cannot tell" not in clear
+
+
 # --- ground truth: rules that bend (saturating, surge) -------------------------------------------------
 
 WIDE = [16, 32, 64, 128, 256, 512, 1024, 2048]
