@@ -969,7 +969,7 @@ def _interpolated(groups: Groups, noise: float | None, estimate: float, cliff: f
 
 def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float | None, cliff: float) -> bool:
     """The best run is no better than the untrained model, or the learning rates tried did no better
-    than one another beyond noise (``flat``) and no divergence lies close above the last of them. A
+    than one another beyond noise (``_flat``) and no divergence lies close above the last of them. A
     flat valley that ends in a divergence within ×2 is a signal: the optimum lies below the cliff,
     somewhere on the flat. One further away leaves room for a valley no run reached: an accuracy
     flat at chance up to ×0.09 of the optimum and diverging at ×2.2 (the valley between them ×1.4
@@ -977,10 +977,10 @@ def _no_signal(groups: Groups, best: int, noise: float | None, baseline: float |
     best_mean = groups.mean[best]
     if baseline is not None and best_mean > baseline - NO_SIGNAL_Z * (noise or 0.0):
         return True
-    return cliff - groups.x[-1] > CLIFF_REACH and flat(groups, noise)
+    return cliff - groups.x[-1] > CLIFF_REACH and _flat(groups, noise)
 
 
-def flat(groups: Groups, noise: float | None) -> bool:
+def _flat(groups: Groups, noise: float | None) -> bool:
     """The learning rates tried (over at least ×4) did no better than one another beyond noise: their
     means are as consistent with one flat level as noise makes them (a chi-square test at 99%)."""
     if not noise or len(groups.x) < MIN_COMPLETE or groups.x[-1] - groups.x[0] < MIN_SIGNAL_SPAN:

@@ -44,8 +44,10 @@ def _best_lr_per_batch_size(study: optuna.Study) -> dict[int, float]:
     best = {}
     for batch_size, trials in by_batch_size(finished).items():
         usable = [t for t in trials if outcome_of(t) == Outcome.COMPLETE and _positive(t.params.get(LR))]
+        if not usable:
+            continue
         fit = fit_of(trials, maximize)
-        if not usable or (fit is not None and NO_SIGNAL in fit.flags):
+        if fit is not None and NO_SIGNAL in fit.flags:
             continue  # no signal: its best run is the luckiest of the noise, and says nothing of its optimum
         best[batch_size] = _estimate(fit) or min(usable, key=lambda t: (-1.0 if maximize else 1.0) * t.value).params[LR]
     return best
