@@ -268,6 +268,11 @@ class Summary:
         found = [p["noise"] for row in self.rows for p in row["per_batch"].values() if p.get("noise")]
         return (statistics.median(f[0] for f in found), statistics.median(f[1] for f in found)) if found else None
 
+    def share_over(self, limit: float) -> float:
+        """The share of per-batch estimates, flagged or not, with regret over ``limit``."""
+        cells = [r for row in self.rows for r in self._regrets(row)]
+        return sum(r > limit for r in cells) / len(cells)
+
     def unflagged_over(self, limit: float) -> int:
         return sum(1 for row in self.rows for p in row["per_batch"].values()
                    if not p["flags"] and p["regret"] is not None and p["regret"] > limit)
@@ -347,31 +352,44 @@ def section(rows: list[dict], command: str) -> Section:
 
 def _resolutions(summaries: list[Summary]) -> list[str]:
     """What each grid truth can resolve (``GridTruth.resolution``), once per grid; and what each real
-    workload's budget can reach with its runs placed by an oracle (``GridTruth.oracle_regret``)."""
-    from benchmarks.panel_workloads import GridTruth, load_grid, panel
+    or synthetic workload's budget can reach with its runs placed by an oracle (``GridTruth.oracle_regret``,
+    ``synthetic_oracle_regret``), beside the share of the tuner's own estimates over the target."""
+    from benchmarks.panel_workloads import GridTruth, load_grid, panel, synthetic_oracle_regret
 
     measured = {s.workload: s for s in summaries if s.method == "tuner"}
-    workloads = [w for w in panel() if w.name in measured and isinstance(w.truth, GridTruth)]
+    workloads = [w for w in panel() if w.name in measured]
     notes = []
-    for truth in sorted({w.truth for w in workloads}, key=lambda t: (t.name, t.metric)):
+    for truth in sorted({w.truth for w in workloads if isinstance(w.truth, GridTruth)},
+                        key=lambda t: (t.name, t.metric)):
         median, high = truth.resolution()
         seeds = len(load_grid(truth.name)["seeds"])
         notes.append(f"The truth `{truth.name}` ({truth.metric}, {seeds} seeds) resolves regret to: its best learning "
                      f"rate from half its seeds, priced by the other half, costs {pct(median)} (median) and "
                      f"{pct(high)} (95th percentile over splits and batch sizes); regrets below that are the "
                      "truth's own seed noise.")
-    for w in (w for w in workloads if w.kind == "real"):
-        runs, target = w.n_trials // len(w.batch_sizes), TARGETS["real"]["worst"]
-        regrets = w.truth.oracle_regret(runs)
-        over = float(np.mean(regrets > target))
-        cells = len(measured[w.name].rows) * len(w.batch_sizes)
-        median, high = float(np.median(regrets)), float(np.percentile(regrets, 95))
-        notes.append(f"`{w.name}` at its budget ({runs} runs a batch size), placed by an oracle that knows the grid's "
-                     f"optimum to within ×√2 ({runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × "
-                     f"{runs // 5} seeds, the best mean kept): regret {pct(median)} (median), {pct(high)} "
-                     f"(95th percentile); {over:.1%} of its estimates exceed the {pct(target)} target, so all "
-                     f"{cells} of this run's stay within it with probability {(1 - over) ** cells:.0%}.")
+    for w in (w for w in workloads if w.kind in ("real", "synthetic")):
+        runs, target, summary = w.n_trials // len(w.batch_sizes), TARGETS[w.kind]["worst"], measured[w.name]
+        placed = f"{runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × {runs // 5} seeds"
+        if w.kind == "real":
+            reached = f"the best mean kept: {_reach(w.truth.oracle_regret(runs), target, summary)}"
+            knows = "the grid's optimum to within ×√2"
+        else:
+            best_mean, quadratic = synthetic_oracle_regret(w, runs)
+            reached = (f"the best mean kept: {_reach(best_mean, target, summary)}; a quadratic in log-lr through "
+                       f"its runs: {_reach(quadratic, target, summary)}")
+            knows = "the optimum to within ×√2 (a factor drawn at random)"
+        notes.append(f"`{w.name}` at its budget ({runs} runs a batch size), placed by an oracle that knows {knows} "
+                     f"({placed}), {reached}. The tuner's estimates over {pct(target)}: "
+                     f"{summary.share_over(target):.1%}.")
     return notes
+
+
+def _reach(regrets: np.ndarray, target: float, summary: Summary) -> str:
+    """An oracle's regrets, and the chance that all of this run's estimates would stay within the target."""
+    over, cells = float(np.mean(regrets > target)), len(summary.rows) * len(summary.rows[0]["per_batch"])
+    return (f"regret {pct(float(np.median(regrets)))} (median), {pct(float(np.percentile(regrets, 95)))} (95th "
+            f"percentile), {over:.1%} over the {pct(target)} target, so all {cells} of this run's within it "
+            f"with probability {(1 - over) ** cells:.0%}")
 
 
 def _goals(summaries: list[Summary]) -> list[Goal]:

@@ -25,6 +25,10 @@ from typing import Protocol
 import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data"
+# how the oracles below place a batch size's runs: this many learning rates, ×√2 apart, around a guess
+# that is the optimum to within ×√2
+ORACLE_RATES = 5
+ORACLE_STEP = math.log(math.sqrt(2.0))
 
 
 # --- truths ------------------------------------------------------------------------------------------------
@@ -155,7 +159,7 @@ class GridTruth:
                 regrets.append((judge[np.argmin(chosen.mean(axis=1))] - judge.min()) / abs(judge.min()))
         return float(np.median(regrets)), float(np.percentile(regrets, 95))
 
-    def oracle_regret(self, runs: int, rates: int = 5, draws: int = 400) -> np.ndarray:
+    def oracle_regret(self, runs: int, rates: int = ORACLE_RATES, draws: int = 400) -> np.ndarray:
         """What ``runs`` runs a batch size can reach with their learning rates placed by an oracle: it
         knows the grid's optimum to within ×√2 (its guess is the optimum or the grid learning rate ×√2
         either side, at random), runs the ``rates`` grid learning rates ×√2 apart around the guess with
@@ -165,7 +169,7 @@ class GridTruth:
         rng, regrets = np.random.default_rng(0), []
         sign, seeds = (-1.0 if self.maximize else 1.0), max(runs // rates, 1)
         log_lrs = np.log(np.asarray(load_grid(self.name)["lrs"], dtype=float))
-        stride = max(round(math.log(math.sqrt(2.0)) / (log_lrs[1] - log_lrs[0])), 1)  # grid steps in ×√2
+        stride = max(round(ORACLE_STEP / (log_lrs[1] - log_lrs[0])), 1)  # grid steps in ×√2
         for batch_size, values in grid_values(self.name, self.metric).items():
             values = sign * values  # (lr, seed), lower is better
             best = int(np.argmin(values.mean(axis=1)))
@@ -200,6 +204,66 @@ def load_grid(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: make it with `python -m benchmarks.grids {name}`")
     return json.loads(path.read_text())
+
+
+def synthetic_oracle_regret(workload: PanelWorkload, runs: int, rates: int = ORACLE_RATES,
+                            draws: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """What ``runs`` runs a batch size of a synthetic workload can reach with their learning rates
+    placed by an oracle: its guess is the optimum times a factor drawn uniformly (in log) from ÷√2 to
+    ×√2; it runs the ``rates`` learning rates ×√2 apart around the guess with ``runs // rates`` seeds
+    each, trained by the workload itself. Two estimates from those runs, each priced by the truth:
+    the learning rate with the best mean (as ``GridTruth.oracle_regret``), and the vertex of a
+    quadratic in log-lr fitted through every run that trained (kept within the learning rates run;
+    the best mean where the quadratic has no valley). The guess is continuous here, where the grid's
+    oracle lands on the grid's own optimum a third of the time: the best mean pays for the ×√2
+    spacing, the quadratic does not. Returns the two arrays of regrets, ``draws`` per batch size."""
+    rng, seeds = np.random.default_rng(0), max(runs // rates, 1)
+    sign = -1.0 if workload.maximize else 1.0
+    best_mean, quadratic = [], []
+    for batch_size in workload.batch_sizes:
+        for _ in range(draws):
+            guess = math.log(workload.truth.optimum(batch_size)) + rng.uniform(-ORACLE_STEP, ORACLE_STEP)
+            x = guess + ORACLE_STEP * (np.arange(rates) - rates // 2)
+            values = sign * np.array([[_oracle_run(workload, batch_size, float(math.exp(xi)), int(rng.integers(2**31)))
+                                       for _ in range(seeds)] for xi in x])
+            chosen = x[int(np.argmin(values.mean(axis=1)))]
+            best_mean.append(workload.truth.regret(batch_size, math.exp(chosen)))
+            quadratic.append(workload.truth.regret(batch_size, math.exp(_vertex(np.repeat(x, seeds), values.ravel(),
+                                                                                chosen))))
+    return np.array(best_mean), np.array(quadratic)
+
+
+def _vertex(x: np.ndarray, values: np.ndarray, fallback: float) -> float:
+    """The vertex of a quadratic through the runs that trained, within the learning rates run;
+    ``fallback`` where fewer than three learning rates trained or the quadratic has no valley."""
+    trained = np.isfinite(values)
+    if len(np.unique(x[trained])) < 3:
+        return fallback
+    curve = np.polyfit(x[trained], values[trained], 2)
+    return float(np.clip(-curve[1] / (2 * curve[0]), x.min(), x.max())) if curve[0] > 0 else fallback
+
+
+def _oracle_run(workload: PanelWorkload, batch_size: int, lr: float, seed: int) -> float:
+    """One run's final metric (inf, or -inf when maximized, where it diverged)."""
+    run = _OracleRun(lr, batch_size, seed, "maximize" if workload.maximize else "minimize")
+    try:
+        return float(workload.train(run))
+    except FloatingPointError:
+        return -math.inf if workload.maximize else math.inf
+
+
+@dataclass
+class _OracleRun:
+    """What a workload's ``train`` reads of a run, reporting nowhere."""
+
+    lr: float
+    batch_size: int
+    seed: int
+    direction: str
+    options: dict = field(default_factory=dict)
+
+    def report(self, step: int, value: float) -> None:
+        pass
 
 
 # --- workloads ---------------------------------------------------------------------------------------------
