@@ -354,7 +354,7 @@ def _resolutions(summaries: list[Summary]) -> list[str]:
     """What each grid truth can resolve (``GridTruth.resolution``), once per grid; and what each real
     or synthetic workload's budget can reach with its runs placed by an oracle (``GridTruth.oracle_regret``,
     ``synthetic_oracle_regret``), beside the share of the tuner's own estimates over the target."""
-    from benchmarks.panel_workloads import GridTruth, load_grid, panel, synthetic_oracle_regret
+    from benchmarks.panel_workloads import ORACLE_RATES, GridTruth, load_grid, panel, synthetic_oracle_regret
 
     measured = {s.workload: s for s in summaries if s.method == "tuner"}
     workloads = [w for w in panel() if w.name in measured]
@@ -369,7 +369,8 @@ def _resolutions(summaries: list[Summary]) -> list[str]:
                      "truth's own seed noise.")
     for w in (w for w in workloads if w.kind in ("real", "synthetic")):
         runs, target, summary = w.n_trials // len(w.batch_sizes), TARGETS[w.kind]["worst"], measured[w.name]
-        placed = f"{runs // 5 * 5} runs as 5 learning rates ×√2 apart around it × {runs // 5} seeds"
+        seeds = runs // ORACLE_RATES
+        placed = f"{seeds * ORACLE_RATES} runs as {ORACLE_RATES} learning rates ×√2 apart around it × {seeds} seeds"
         if w.kind == "real":
             reached = f"the best mean kept: {_reach(w.truth.oracle_regret(runs), target, summary)}"
             knows = "the grid's optimum to within ×√2"

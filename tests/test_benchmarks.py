@@ -39,8 +39,6 @@ def test_the_synthetic_oracle_finds_a_noiseless_valley_exactly_and_pays_only_for
     """On a valley that is a quadratic in log-lr, noiseless, the oracle's quadratic lands on the
     optimum; the best of its five learning rates ×√2 apart, placed within ×√2 of the optimum, lies at
     most ×2^¼ from it (half a step), and costs what the truth says that half step costs."""
-    import math
-
     from benchmarks.panel_workloads import ValleyTruth, synthetic_oracle_regret, valley
 
     truth = ValleyTruth(alpha=0.5, steep_above=1.0, cliff=5.0)
