@@ -50,7 +50,9 @@ BASELINE_COMMIT = "88e8614"  # main before issue 10: the valley search, MedianPr
 TARGETS = {"synthetic": {"median": 0.01, "worst": 0.05, "rule": 0.05},
            "real": {"median": 0.05, "worst": 0.15, "rule": 0.10}}
 TARGETS["replay"] = TARGETS["real"]  # the real workloads' runs, drawn from their grids
-DEFAULT_SEEDS = {"synthetic": 10, "real": 3, "replay": 40}
+# 6 trained seeds, not 3: a trained seed is not a fixed study (torch's CPU arithmetic differs between
+# machines), and three of them put the CNN's worst cell at 44% on one machine and 36% on another
+DEFAULT_SEEDS = {"synthetic": 10, "real": 6, "replay": 40}
 
 
 # --- one study, scored (runs in a worker process, against whichever `tuner` is importable) -----------------
@@ -460,7 +462,7 @@ def run(only: list[str] | None = None, seeds: int | None = None, methods=METHODS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.panel", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated workload names")
-    parser.add_argument("--seeds", type=int, help="seeds per workload (default: 10 synthetic, 3 real)")
+    parser.add_argument("--seeds", type=int, help="seeds per workload (default: 10 synthetic, 6 real, 40 replayed)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once (default 2)")
     parser.add_argument("--trials", type=int, help="trials per study instead of each workload's own")
