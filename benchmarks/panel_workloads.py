@@ -244,26 +244,14 @@ def _vertex(x: np.ndarray, values: np.ndarray, fallback: float) -> float:
 
 
 def _oracle_run(workload: PanelWorkload, batch_size: int, lr: float, seed: int) -> float:
-    """One run's final metric (inf, or -inf when maximized, where it diverged)."""
-    run = _OracleRun(lr, batch_size, seed, "maximize" if workload.maximize else "minimize")
+    """One run's final metric, outside any study (inf, or -inf when maximized, where it diverged)."""
+    from tuner.workload import Run, TrialDiverged
+
+    run = Run(lr, batch_size, seed, direction="maximize" if workload.maximize else "minimize")
     try:
         return float(workload.train(run))
-    except FloatingPointError:
+    except (FloatingPointError, TrialDiverged):
         return -math.inf if workload.maximize else math.inf
-
-
-@dataclass
-class _OracleRun:
-    """What a workload's ``train`` reads of a run, reporting nowhere."""
-
-    lr: float
-    batch_size: int
-    seed: int
-    direction: str
-    options: dict = field(default_factory=dict)
-
-    def report(self, step: int, value: float) -> None:
-        pass
 
 
 # --- workloads ---------------------------------------------------------------------------------------------
