@@ -1011,6 +1011,22 @@ def test_a_best_run_beside_a_divergence_is_not_flagged_without_a_valley():
     assert edge.method == "best-trial" and edge.usable and NO_VALLEY not in edge.flags
 
 
+def test_a_run_past_the_edge_of_densely_measured_runs_is_not_taken_for_the_best():
+    # thirty-one runs ×1.01 apart down to the optimum of a noiseless valley, and one run just past a
+    # stability edge above them that scored three times worse: smoothed over its neighbourhood, the
+    # run past the edge took the ranks of the best runs beside it and was called the best, and the
+    # batch size was flagged on the edge of the search and left out of the rules
+    study = optuna.create_study()
+    for z in np.arange(-0.30, 0.005, 0.01):
+        study.add_trial(trial({"batch_size": 32, "lr": float(0.032 * math.exp(z))}, value=float(1.0 + z * z)))
+    study.add_trial(trial({"batch_size": 32, "lr": 0.032 * math.exp(0.04)}, value=3.0))
+    background(study)
+    dense = next(o for o in fit_study(study).optima if o.batch_size == 32)
+    assert dense.best_value == pytest.approx(1.0) and dense.best_lr == pytest.approx(0.032)
+    assert dense.usable and not dense.flags
+    assert factor(dense.lr, 0.032) < 1.05
+
+
 def test_a_rule_is_not_pinned_to_a_valleys_bottom_where_the_learning_rate_to_use_stands_off_it():
     # stored trials of the noisy quadratic: at B=512 the learning rate to use stands ×0.88 off the
     # valley's bottom, where following it already costs. Counted from zero, a step from the bottom
