@@ -21,7 +21,7 @@ in the metric's own units.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from pydantic import Field, model_serializer
@@ -132,16 +132,17 @@ class Optima:
     y: np.ndarray        # log lr*
     low: np.ndarray      # standard error of y below it...
     high: np.ndarray     # ...and above it (from each batch size's interval)
-    floor: np.ndarray    # where each batch size's trials allow the optimum (-inf, inf: anywhere)
+    floor: np.ndarray    # where each batch size's trials allow the optimum (-inf, inf: anywhere)...
     ceiling: np.ndarray
+    room_low: np.ndarray   # ...widened to its interval: where a rule's cost fit may take it
+    room_high: np.ndarray
     cost_x: np.ndarray   # (batch sizes, points): log-lr...
     cost: np.ndarray     # ...and what following it costs there, in units of the tolerated cost (nan: unmeasured)
     reach_low: np.ndarray   # how far below y following a rule costs the tolerated cost...
     reach_high: np.ndarray  # ...and above it (where the trials do not say: the 95% interval)
 
     def take(self, keep: np.ndarray) -> Optima:
-        return Optima(*(getattr(self, f)[keep] for f in ("log_b", "y", "low", "high", "floor", "ceiling",
-                                                          "cost_x", "cost", "reach_low", "reach_high")))
+        return Optima(*(getattr(self, f.name)[keep] for f in fields(self)))
 
     @property
     def sigma(self) -> np.ndarray:
@@ -196,7 +197,7 @@ def cost(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarr
     measured = np.array([np.interp(p, x, c)  # past either end: as bad as the end
                          for p, x, c in zip(predicted, data.cost_x, data.cost)])
     scaled = np.sqrt(np.nan_to_num(measured) + stray**2)
-    return np.r_[scaled, _outside(predicted, data)]
+    return np.r_[scaled, _outside(predicted, data.room_low, data.room_high)]
 
 
 def misfit(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
@@ -204,11 +205,11 @@ def misfit(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.nda
     stretch beyond where the trials allow the optimum: what the comparison of rules rests on."""
     predicted = log_model(name, theta, data.log_b, log_ref)
     miss = data.y - predicted
-    return np.r_[miss / np.where(miss < 0, data.high, data.low), _outside(predicted, data)]
+    return np.r_[miss / np.where(miss < 0, data.high, data.low), _outside(predicted, data.floor, data.ceiling)]
 
 
-def _outside(predicted: np.ndarray, data: Optima) -> np.ndarray:
-    return (np.maximum(predicted - data.ceiling, 0.0) + np.maximum(data.floor - predicted, 0.0)) / OUTSIDE
+def _outside(predicted: np.ndarray, floor: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    return (np.maximum(predicted - ceiling, 0.0) + np.maximum(floor - predicted, 0.0)) / OUTSIDE
 
 
 def _fit_symmetric(name: str, log_b: np.ndarray, y: np.ndarray, sigma: np.ndarray, log_ref: float) -> np.ndarray:
