@@ -190,7 +190,7 @@ def _fit_misfit(name: str, data: Optima, log_ref: float) -> np.ndarray:
 def cost(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
     """Per batch size, the root of what following the rule costs there in units of the tolerated cost
     (where the trials say) plus its miss squared in units of ``reach``, and its stretch beyond where
-    the trials allow the optimum in units of OUTSIDE."""
+    the trials allow the optimum (or its interval reaches: ``room``) in units of OUTSIDE."""
     predicted = log_model(name, theta, data.log_b, log_ref)
     miss = data.y - predicted
     stray = miss / np.where(miss < 0, data.reach_high, data.reach_low)
