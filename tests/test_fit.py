@@ -308,6 +308,36 @@ def test_a_wall_that_a_batch_sizes_own_interval_reaches_past_does_not_hold_the_r
         assert factor(result.predict(b), truth(b)) < 1.5, b
 
 
+# --- the learning rate to use: each batch size's own optimum averaged with the rule's -----------------
+
+def test_an_optimum_averaged_with_the_rule_is_nearer_the_truth_than_its_own_trials_alone():
+    # 15% noise, 7 learning rates a batch size: each batch size's own valley misses by its seeds'
+    # luck, the rule reads all six; over 8 seeds the average errs less, at the median and the worst
+    truth = bench.power_law_truth(0.75)
+    own, used = [], []
+    for seed in range(8):
+        for o in fit_study(grid_study(0.75, zs=np.linspace(-2.0, 1.0, 7), noise=0.15, seed=seed)).optima:
+            assert o.own_lr is not None and o.ci[0] <= o.lr <= o.ci[1]
+            own.append(math.log(o.own_lr / truth(o.batch_size)))
+            used.append(math.log(o.lr / truth(o.batch_size)))
+    assert np.sqrt(np.mean(np.square(used))) < 0.95 * np.sqrt(np.mean(np.square(own)))
+    assert np.max(np.abs(used)) < np.max(np.abs(own))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_batch_size_that_no_rule_fits_keeps_its_own_optimum(seed):
+    # B=128's optimum lies ×3 above the square-root law the other five follow: every rule loses over
+    # 70% of the metric there, so averaging with one would throw its own clean valley away
+    law = bench.power_law_truth(0.5)
+    truth = lambda b: law(b) * (3.0 if b == 128 else 1.0)  # noqa: E731
+    result = fit_study(grid_study(0.5, noise=0.03, seed=seed, truth=truth))
+    odd = next(o for o in result.optima if o.batch_size == 128)
+    assert odd.own_lr is None and factor(odd.lr, truth(128)) < 1.1
+    assert any("B=128: following" in w for w in result.warnings)
+    for o in result.optima:
+        assert factor(o.lr, truth(o.batch_size)) < 1.15, o.batch_size
+
+
 def test_quadratic_optimum_and_saturating_rule_match_the_exact_optimum():
     # one seed; benchmarks/fit_accuracy.py holds the medians over seeds to the tighter targets
     row = bench.quadratic_row(seed=2)
@@ -995,7 +1025,7 @@ def test_an_interval_reaches_every_learning_rate_that_did_as_well_as_the_best_wi
     result = fit_study(stored_study("cnn-adam-loss-replay-trials.json"))
     lucky = next(o for o in result.optima if o.batch_size == 128)
     truth = grid_optimum("cnn-adam", 128)
-    assert not lucky.flags and factor(lucky.lr, truth) > 10  # the estimate is one lucky run's word...
+    assert not lucky.flags and factor(lucky.own_lr, truth) > 10  # its own estimate is one lucky run's word...
     assert lucky.ci[0] <= truth <= lucky.ci[1]                # ...and its interval says how little that is
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_serializer
 from scipy.special import chdtri, fdtri
 
 from tuner.fit._data import BatchTrials
@@ -214,6 +214,8 @@ class BatchOptimum(Frozen):
 
     batch_size: int
     lr: float | None          # the learning rate to use (None: no complete trial)
+    own_lr: float | None = None  # what this batch size's trials alone say, where ``lr`` is averaged with
+    # the recommended rule's (``tuner.fit._pool``); None: ``lr`` is its own
     ci: tuple[float, float] | None  # 95% interval of the valley's bottom
     n_trials: int
     n_complete: int
@@ -230,6 +232,15 @@ class BatchOptimum(Frozen):
     # the best that did clearly worse, below a divergence, not far beyond the trials; None: unbounded
     bracket: tuple[float | None, float | None] | None = None
     valley: Valley | None = Field(None, exclude=True)  # the trials' valley, for costs; not stored
+
+    @model_serializer(mode="wrap")
+    def _stored_form(self, handler) -> dict:
+        """As stored: no ``own_lr`` key where ``lr`` is its own (a fit stored before it, read and
+        written again, stays byte-for-byte the same)."""
+        data = handler(self)
+        if data.get("own_lr") is None:
+            data.pop("own_lr", None)
+        return data
 
     @property
     def usable(self) -> bool:

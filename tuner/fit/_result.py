@@ -27,6 +27,7 @@ from tuner.fit._optimum import (
     BatchOptimum,
     estimate_optima,
 )
+from tuner.fit._pool import pooled
 from tuner.fit._rules import LINEAR, SATURATING, SQRT, Optima, Rule, fit_rules
 from tuner.fit._verdict import (
     anchored,
@@ -175,9 +176,14 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    fits = fit_rules(_optima(usable, {b.batch_size: b for b in data.batches}), reference.batch_size)
-    rules = {name: _rule(fit, optima, reference) for name, fit in fits.items()}
+    measured = _optima(usable, {b.batch_size: b for b in data.batches})
+    fits = fit_rules(measured, reference.batch_size)
+    rules = {name: Rule(**fit, **following(Rule(**fit), optima)) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
+    optima = pooled(optima, rules[recommended],
+                    dict(zip((o.batch_size for o in usable), zip(measured.floor, measured.ceiling))))
+    reference = next(o for o in optima if o.batch_size == reference.batch_size)  # its learning rate to use
+    rules = {name: _anchor(rule, reference, batch_sizes) for name, rule in rules.items()}
     critical = estimate_critical(data.batches, optima, data.metric_maximize, target if target is not None
                                  else data.goal, rng, data.goal)
     verdict = " ".join(p for p in (_scored_by(data.goal), write_verdict(rules, recommended, optima, reference),
@@ -199,11 +205,11 @@ def _scored_by(goal: float | None) -> str:
             "costs below are of those steps.")
 
 
-def _rule(fit: dict, optima: list[BatchOptimum], reference: BatchOptimum) -> Rule:
-    """A fitted rule whole: its fit, and what following it gives at every batch size measured."""
-    batch_sizes = [o.batch_size for o in optima]
-    scaled = anchored(fit["name"], reference, batch_sizes) if fit["name"] in (LINEAR, SQRT) else None
-    return Rule(**fit, **following(Rule(**fit), optima), anchored_lr=scaled)
+def _anchor(rule: Rule, reference: BatchOptimum, batch_sizes: list[int]) -> Rule:
+    """The linear and square-root rules also as people use them: scaled from the reference batch size."""
+    if rule.name not in (LINEAR, SQRT):
+        return rule
+    return rule.model_copy(update={"anchored_lr": tuple(anchored(rule.name, reference, batch_sizes))})
 
 
 def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optima:

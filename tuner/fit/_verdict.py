@@ -257,7 +257,7 @@ def costly_warnings(rules: dict[str, Rule], recommended: str, optima: list[Batch
     notes = []
     for i, o in enumerate(optima):
         lost = {name: _share(rule, i, o) for name, rule in rules.items()}
-        if o.lr is None or lost[recommended] is None or _share(rules[recommended], i, o, -2.0) <= COSTLY:
+        if o.lr is None or not clearly_costly(rules[recommended], i, o):
             continue
         least = min((v for v in lost.values() if v is not None), default=lost[recommended])
         others = "every rule diverges there" if least == math.inf else f"the least any rule loses there is {least:.0%}"
@@ -265,6 +265,13 @@ def costly_warnings(rules: dict[str, Rule], recommended: str, optima: list[Batch
         notes.append(f"B={o.batch_size}: following the {RULE_LABELS[recommended]} {loses} ({others}); use "
                      f"that batch size's own optimum, lr={o.lr:.3g}, and check other batch sizes with `tuner verify`.")
     return notes
+
+
+def clearly_costly(rule: Rule, i: int, optimum: BatchOptimum) -> bool:
+    """Following ``rule`` at the i-th batch size loses more than COSTLY of the metric beyond twice its
+    standard error, or diverges: its form does not fit that batch size."""
+    share = _share(rule, i, optimum, -2.0)
+    return share is not None and share > COSTLY
 
 
 def _share(rule: Rule, i: int, optimum: BatchOptimum, errors: float = 0.0) -> float | None:

@@ -1,0 +1,42 @@
+"""The learning rate to use at each batch size: its own optimum averaged with the recommended rule's.
+
+A batch size's own trials place its optimum with some error, and so does the recommended rule, which
+reads every batch size's trials. On every workload of the benchmark panel the two errors are about
+equally large (the rule's root-mean-square error in log-lr 0.8 to 1.1 times the batch size's own, 40
+to 120 seeds each) and only partly shared (correlation 0.3 to 0.6). Two estimates that err equally
+are best weighed equally, and their mean errs less than either (its variance (1 + ρ) / 2 of theirs),
+so the learning rate to use is the geometric mean of the two. It stays where the batch size's trials
+allow it: inside its interval and its ``floor`` and ``ceiling`` (never where a run did clearly worse,
+nor close to a blow-up). Where the trials say the rule clearly loses (``clearly_costly``: no form of
+the rule fits this batch size), the rule has nothing to lend, and the batch size keeps its own.
+
+Why not weigh each by its interval (a random-effects meta-analysis)? The bootstrap intervals are
+wider than the estimates' errors by a factor that differs between workloads (1.3 to 2), so such
+weights followed the rule too far where it misses: on the momentum MLP the estimates over 15% of
+regret rose from 0.8% to 2.0% (benchmarks/RESULTS.md, section 4).
+"""
+from __future__ import annotations
+
+import math
+
+from tuner.fit._optimum import BatchOptimum
+from tuner.fit._rules import Rule
+from tuner.fit._verdict import clearly_costly
+
+
+def pooled(optima: list[BatchOptimum], rule: Rule, limits: dict[int, tuple[float, float]]) -> list[BatchOptimum]:
+    """``optima`` with the ``lr`` of each batch size in ``limits`` (its floor and ceiling, log-lr)
+    averaged with ``rule``'s, unless following the rule clearly costs there; its own is kept in ``own_lr``."""
+    return [_averaged(optimum, rule.lr[i], limits[optimum.batch_size])
+            if optimum.batch_size in limits and not clearly_costly(rule, i, optimum) else optimum
+            for i, optimum in enumerate(optima)]
+
+
+def _averaged(optimum: BatchOptimum, rule_lr: float, limits: tuple[float, float]) -> BatchOptimum:
+    """The geometric mean of the batch size's own optimum and the rule's, kept inside its interval and
+    its limits."""
+    low, high = max(limits[0], math.log(optimum.ci[0])), min(limits[1], math.log(optimum.ci[1]))
+    if low > high:  # its interval lies beyond its limits: nowhere to go but its own
+        return optimum
+    mean = (math.log(optimum.lr) + math.log(rule_lr)) / 2
+    return optimum.model_copy(update={"lr": math.exp(min(max(mean, low), high)), "own_lr": optimum.lr})
