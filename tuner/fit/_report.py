@@ -21,9 +21,11 @@ METHOD_NOTES = {BEST_TRIALS: "the best trials' neighbourhood (no valley fits the
 def format_fit(result: FitResult) -> str:
     """The verdict, the per-batch optima and the rule comparison, as plain text for a terminal."""
     lines = [f"study '{result.study}' ({optimized(result)}): optimal learning rate by batch size", "",
-             result.verdict, "", "Per batch size (95% interval; noise: one run's standard deviation):"]
+             result.verdict, "", "Per batch size (" + ("optimal lr: its trials' optimum averaged with the "
+                                                      "recommended rule's; " if _pooled(result) else "")
+             + "95% interval; noise: one run's standard deviation):"]
     lines += _aligned(_optima_rows(result))
-    lines += ["", "Rules (fitted to the optima above; * recommended):"]
+    lines += ["", "Rules (fitted to each batch size's own optimum; * recommended):"]
     lines += _aligned(_rule_rows(result))
     lines += ["", ("How much worse the metric ends following each rule than at each batch size's optimum, "
                    "in the metric's units ('-': not measured there; 'diverges': a learning rate that diverged):")]
@@ -83,7 +85,10 @@ def to_report(result: FitResult, figure_name: str | None = None, critical_figure
 def _sections(result: FitResult, heading: str, critical_figure_name: str | None = None) -> list[str]:
     """The tables and warnings the note and the report share, under ``heading`` ("###", "##"); the
     report links the steps-against-samples PNG in its section (the note has the dashboard's figure)."""
-    parts = [f"{heading} Optimal learning rate per batch size\n" + _table(_optima_rows(result)),
+    pooling = ("The optimum its own trials give, averaged (geometric mean) with the recommended rule's where "
+               "that rule fits the batch size, and kept where its trials allow; the interval is its own "
+               "trials', and the rules are fitted to their own optima.\n\n" if _pooled(result) else "")
+    parts = [f"{heading} Optimal learning rate per batch size\n{pooling}" + _table(_optima_rows(result)),
              f"{heading} Rules\nFitted to the per-batch optima, weighted by their intervals; "
              "**BIC** pays for parameters (lower is better), **leave-one-out** is the typical factor by "
              "which the rule, fitted without a batch size, misses its optimum.\n\n" + _table(_rule_rows(result)),
@@ -175,14 +180,24 @@ def optimized(result: FitResult) -> str:
 
 
 def _optima_rows(result: FitResult) -> list[list[str]]:
-    rows = [["batch", "optimal lr", "interval", "noise", "trials", "complete", "pruned", "diverged", "notes"]]
+    pooled = _pooled(result)
+    rows = [["batch", "optimal lr", *(["its trials alone"] if pooled else []), "interval", "noise", "trials",
+             "complete", "pruned", "diverged", "notes"]]
     for o in result.optima:
         interval = f"{o.ci[0]:.3g} – {o.ci[1]:.3g}" if o.ci else "-"
         notes = [*o.flags, *([METHOD_NOTES[o.method]] if o.method in METHOD_NOTES else [])]
-        rows.append([str(o.batch_size), f"{o.lr:.3g}" if o.lr else "-", interval,
+        own = o.own_lr or o.lr
+        rows.append([str(o.batch_size), f"{o.lr:.3g}" if o.lr else "-",
+                     *([f"{own:.3g}" if own else "-"] if pooled else []), interval,
                      f"{o.noise:.2g}" if o.noise is not None else "-", str(o.n_trials),
                      str(o.n_complete), str(o.n_pruned), str(o.n_diverged), ", ".join(notes)])
     return rows
+
+
+def _pooled(result: FitResult) -> bool:
+    """Whether any batch size's learning rate to use averages its own optimum with the rule's (a fit
+    stored by an earlier version never does)."""
+    return any(o.own_lr is not None for o in result.optima)
 
 
 def _rule_rows(result: FitResult) -> list[list[str]]:
