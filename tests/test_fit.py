@@ -516,6 +516,9 @@ def test_a_batch_size_at_chance_everywhere_has_no_signal_and_is_left_out_of_the_
     assert flat.batch_size == 512 and NO_SIGNAL in flat.flags and not flat.usable
     assert any("B=512" in w and "no learning rate did better" in w for w in result.warnings)
     assert all(NO_SIGNAL not in o.flags for o in result.optima[:-1])
+    # its own trials cannot say, so the learning rate to use is where the other batch sizes' law puts it
+    assert flat.own_lr is not None and factor(flat.lr, 1e-3 * 512) < 1.2
+    assert any("B=512" in w and "to the recommended rule's" in w for w in result.warnings)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -1010,7 +1013,8 @@ def test_an_optimum_on_one_lucky_run_is_flagged_and_left_out_of_the_rules():
     lone = next(o for o in result.optima if o.batch_size == 128)
     truth = grid_optimum("cnn-adam", 128)
     assert NO_VALLEY in lone.flags and not lone.usable and lone.method == "best-trial"
-    assert factor(lone.lr, truth) > 4  # the flag marks an estimate the grid shows is far off
+    assert factor(lone.own_lr, truth) > 4  # the flag marks an estimate the grid shows is far off...
+    assert factor(lone.lr, truth) < factor(lone.own_lr, truth)  # ...and the rule's, where its runs allow, is nearer
     assert factor(result.predict(128), truth) < 1.5
     assert [w for w in result.warnings if w.startswith("B=128: no valley")]
     assert all(NO_VALLEY not in o.flags for o in result.optima if o.batch_size != 128)

@@ -9,6 +9,10 @@ so the learning rate to use is the geometric mean of the two. It stays where the
 allow it: inside its interval and its ``floor`` and ``ceiling`` (never where a run did clearly worse,
 nor close to a blow-up). Where the trials say the rule clearly loses (``clearly_costly``: no form of
 the rule fits this batch size), the rule has nothing to lend, and the batch size keeps its own.
+Where a batch size's own trials cannot place its optimum (a flag: no signal, no valley, the edge of
+the range), the rule alone says where it is, and the learning rate to use is the rule's, as far as
+that batch size's runs allow (without signal, none did clearly worse than the rest: only a blow-up
+and its interval limit it).
 
 Why not weigh each by its interval (a random-effects meta-analysis)? The bootstrap intervals are
 wider than the estimates' errors by a factor that differs between workloads (1.3 to 2), so such
@@ -26,17 +30,23 @@ from tuner.fit._verdict import clearly_costly
 
 def pooled(optima: list[BatchOptimum], rule: Rule, limits: dict[int, tuple[float, float]]) -> list[BatchOptimum]:
     """``optima`` with the ``lr`` of each batch size in ``limits`` (its floor and ceiling, log-lr)
-    averaged with ``rule``'s, unless following the rule clearly costs there; its own is kept in ``own_lr``."""
-    return [_averaged(optimum, rule.lr[i], limits[optimum.batch_size])
-            if optimum.batch_size in limits and not clearly_costly(rule, i, optimum) else optimum
-            for i, optimum in enumerate(optima)]
+    averaged with ``rule``'s, or the rule's where its own trials cannot place it (a flag), unless
+    following the rule clearly costs there; its own is kept in ``own_lr``."""
+    out = []
+    for i, optimum in enumerate(optima):
+        if optimum.batch_size not in limits or clearly_costly(rule, i, optimum):
+            out.append(optimum)
+            continue
+        log_rule = math.log(rule.lr[i])
+        target = (math.log(optimum.lr) + log_rule) / 2 if optimum.usable else log_rule
+        out.append(_kept(optimum, target, limits[optimum.batch_size]))
+    return out
 
 
-def _averaged(optimum: BatchOptimum, rule_lr: float, limits: tuple[float, float]) -> BatchOptimum:
-    """The geometric mean of the batch size's own optimum and the rule's, kept inside its interval and
-    its limits."""
+def _kept(optimum: BatchOptimum, target: float, limits: tuple[float, float]) -> BatchOptimum:
+    """``optimum`` with its learning rate moved to ``target`` (log), or as near as its interval and its
+    limits allow."""
     low, high = max(limits[0], math.log(optimum.ci[0])), min(limits[1], math.log(optimum.ci[1]))
     if low > high:  # its interval lies beyond its limits: nowhere to go but its own
         return optimum
-    mean = (math.log(optimum.lr) + math.log(rule_lr)) / 2
-    return optimum.model_copy(update={"lr": math.exp(min(max(mean, low), high)), "own_lr": optimum.lr})
+    return optimum.model_copy(update={"lr": math.exp(min(max(target, low), high)), "own_lr": optimum.lr})

@@ -176,12 +176,12 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
         raise InputError(_not_enough(study.study_name, optima))
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
-    measured = _optima(usable, {b.batch_size: b for b in data.batches})
-    fits = fit_rules(measured, reference.batch_size)
+    trials = {b.batch_size: b for b in data.batches}
+    fits = fit_rules(_optima(usable, trials), reference.batch_size)
     rules = {name: Rule(**fit, **following(Rule(**fit), optima)) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
-    optima = pooled(optima, rules[recommended],
-                    dict(zip((o.batch_size for o in usable), zip(measured.floor, measured.ceiling))))
+    optima = pooled(optima, rules[recommended], {o.batch_size: _limits(o, trials[o.batch_size])
+                                                 for o in optima if o.lr is not None and o.ci is not None})
     reference = next(o for o in optima if o.batch_size == reference.batch_size)  # its learning rate to use
     rules = {name: _anchor(rule, reference, batch_sizes) for name, rule in rules.items()}
     critical = estimate_critical(data.batches, optima, data.metric_maximize, target if target is not None
@@ -214,10 +214,8 @@ def _anchor(rule: Rule, reference: BatchOptimum, batch_sizes: list[int]) -> Rule
 
 def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optima:
     low, high = (np.maximum([o.spread[side] for o in usable], SIGMA_FLOOR) for side in (0, 1))
-    floor = [math.log(o.bracket[0]) if o.bracket and o.bracket[0] else -math.inf for o in usable]
+    floor, ceiling = (np.array(side) for side in zip(*(_limits(o, trials[o.batch_size]) for o in usable)))
     blow_up = np.array([_short_of_blow_up(o, trials[o.batch_size]) for o in usable])
-    ceiling = np.minimum([math.log(o.bracket[1]) if o.bracket and o.bracket[1] else math.inf for o in usable],
-                         blow_up)
     # a wall that the batch size's own interval reaches past (a run as good as the best lies beyond a
     # run that did clearly worse: heavy-tailed runs) is no wall for the rule's fit, which its costs
     # price there (trained CNN accuracy, seed 4: a wall at B=64 ×2.3 above the truth, whose interval
@@ -232,6 +230,16 @@ def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optim
     reach = [np.where(np.isfinite(r), r, Z95 * spread) for r, spread in zip(reach, (low, high))]
     return Optima(np.log([o.batch_size for o in usable]), y, low, high, np.asarray(floor), np.asarray(ceiling),
                   room_low, room_high, cost_x, cost, *reach)
+
+
+def _limits(optimum: BatchOptimum, trials: BatchTrials) -> tuple[float, float]:
+    """Where a rule may put this batch size's learning rate (log-lr): inside its bracket (never where a
+    run did clearly worse; a batch size without signal has none: as a whole its runs did no better
+    anywhere than the noise explains) and short of a blow-up."""
+    bracket = optimum.bracket if optimum.bracket and NO_SIGNAL not in optimum.flags else (None, None)
+    floor = math.log(bracket[0]) if bracket[0] else -math.inf
+    ceiling = math.log(bracket[1]) if bracket[1] else math.inf
+    return floor, min(ceiling, _short_of_blow_up(optimum, trials))
 
 
 def _short_of_blow_up(optimum: BatchOptimum, trials: BatchTrials) -> float:

@@ -228,6 +228,10 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
                          f"(lr={o.best_lr:.3g}) all did far worse and the runs rise and fall again beyond them, "
                          "so its optimum rests on that one learning rate's runs, which may be a lucky seed "
                          "(left out of the rules). Run more trials: raise n_trials and run the study again.")
+        if not o.usable and o.own_lr is not None:
+            notes.append(f"B={o.batch_size}: its trials cannot place the optimum, so the learning rate to use there, "
+                         f"lr={o.lr:.3g}, is moved from its own trials' {o.own_lr:.3g} to the recommended rule's, "
+                         "as far as its runs allow.")
         if FEW_TRIALS in o.flags:
             notes.append(f"B={o.batch_size}: only {o.n_complete} complete trial{'s' * (o.n_complete != 1)}, "
                          "so its interval is rough: run more trials.")
