@@ -74,9 +74,12 @@ def test_the_study_page_shows_the_lr_batch_figure(page, dashboard, fit):
     assert f"{fit['recommended']} (recommended)" in text  # the recommended rule's legend entry
     measured = [o for o in fit["optimal_lr"] if o["lr"] is not None]
     verified = [b for b in fit["verify"]["batches"] if b["best_lr"] is not None]
-    # one marker per optimum, and one per held-out batch size `tuner verify` measured
-    assert figure.locator(".scatterlayer .trace .points path").count() == len(measured) + len(verified)
-    assert "best measured at a held-out batch size (tuner verify)" in text
+    own = [o for o in measured if o.get("own_lr") is not None]
+    # one marker per optimum, one per optimum's own where it was averaged with the rule, and one per
+    # held-out batch size `tuner verify` measured
+    assert own and figure.locator(".scatterlayer .trace .points path").count() == (
+        len(measured) + len(own) + len(verified))
+    assert "best measured at a held-out batch size (tuner verify)" in text and "its trials alone" in text
     screenshot(page, "dashboard-study.png", full_page=True)
     figure.scroll_into_view_if_needed()
     screenshot(figure, "dashboard-figure.png")

@@ -4,6 +4,7 @@ import shutil
 import signal
 import socket
 
+import pytest
 from conftest import tuner
 from dashboard_server import (
     STUDY_NAME,
@@ -54,6 +55,11 @@ def test_the_api_serves_the_fit_as_note_user_attribute_and_figure(dashboard, fit
     assert sorted(b for t in optima for b in t["x"]) == [o["batch_size"] for o in fit["optimal_lr"]
                                                          if o["lr"] is not None]
     assert any(t["name"].startswith(f"{fit['recommended']} (recommended)") for t in figure["data"])
+    # each batch size's own optimum beside the one averaged with the rule
+    own = [(b, lr) for t in figure["data"] if t["name"].startswith("its trials alone") for b, lr in zip(t["x"], t["y"])]
+    stored = [(o["batch_size"], o["own_lr"]) for o in fit["optimal_lr"] if o.get("own_lr") is not None]
+    assert stored and [b for b, _ in own] == [b for b, _ in stored]
+    assert [lr for _, lr in own] == pytest.approx([lr for _, lr in stored])
 
 
 def test_the_api_serves_the_steps_against_samples_figure(dashboard, fitted_storage):

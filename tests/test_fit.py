@@ -26,7 +26,7 @@ from tuner.fit import (
     save_fit,
     to_markdown,
 )
-from tuner.fit._figure import MISSING_COLOR, figure_series, png_figure
+from tuner.fit._figure import MISSING_COLOR, OWN_LABEL, figure_series, png_figure
 from tuner.fit._optimum import NO_SIGNAL, NO_VALLEY
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_accuracy.py"
@@ -918,10 +918,13 @@ def test_the_dashboard_figure_and_the_png_draw_the_same_series():
     for name, trace in curves.items():
         np.testing.assert_allclose(floats(drawn[name].get_xdata()), floats(trace.x))
         np.testing.assert_allclose(floats(drawn[name].get_ydata()), floats(trace.y))
-    optima = [trace for trace in dashboard.data if trace.mode == "markers"]
+    optima = [trace for trace in dashboard.data if trace.mode == "markers" and trace.name.startswith("optimum")]
     assert [list(trace.x) for trace in optima] == [[16, 32, 64, 128]]
     assert [list(c.lines[0].get_xdata()) for c in axes.containers] == [[16, 32, 64, 128]]
     np.testing.assert_allclose(floats(axes.containers[0].lines[0].get_ydata()), floats(optima[0].y))
+    own = next(trace for trace in dashboard.data if trace.name == OWN_LABEL)  # each one's own, beside it
+    assert list(own.x) == list(drawn[OWN_LABEL].get_xdata()) == [o.batch_size for o in result.optima if o.own_lr]
+    np.testing.assert_allclose(floats(drawn[OWN_LABEL].get_ydata()), floats(own.y))
     assert list(drawn["no complete trial (left out)"].get_xdata()) == [2048, 2048]  # no trial at B=2048
     assert [shape.x0 for shape in dashboard.layout.shapes if shape.line.color == MISSING_COLOR] == [2048]
 

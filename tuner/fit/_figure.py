@@ -17,6 +17,8 @@ RULE_COLORS = {LINEAR: "#1f77b4", SQRT: "#2ca02c", POWER: "#9467bd", SATURATING:
 MISSING_COLOR = "#999999"
 VERIFIED_COLOR = "#ff7f0e"
 VERIFIED_LABEL = "best measured at a held-out batch size (tuner verify)"
+OWN_COLOR = "#7f7f7f"
+OWN_LABEL = "its trials alone (before the rule's average)"
 RANGE = 1.5  # the x axis reaches this factor beyond the batch sizes measured
 
 
@@ -56,14 +58,16 @@ class FigureSeries:
     curves: list[Curve]
     bends: list[tuple[float, str, str]]  # (batch size, label, color): B_noise, and B_peak where it is measured
     verified: list[tuple[int, float]] = ()  # held-out batch sizes and the best LR `tuner verify` measured
+    own: list[tuple[int, float]] = ()  # batch sizes whose optimum averages their own with the rule's: their own
 
 
 def figure_series(result: FitResult) -> FigureSeries:
     """What the figure shows: per-batch optima with intervals on log-log axes (those left out of the
-    rules apart), the batch sizes without a complete trial, the fitted rules (the recommended one
-    bold), the linear and square-root rules scaled from the reference batch size, B_noise (and the
-    surge rule's B_peak, where the batch sizes measured surround it), and the best learning rates
-    `tuner verify` measured at held-out batch sizes."""
+    rules apart), each one's own where it averages its own with the recommended rule's, the batch
+    sizes without a complete trial, the fitted rules (the recommended one bold), the linear and
+    square-root rules scaled from the reference batch size, B_noise (and the surge rule's B_peak,
+    where the batch sizes measured surround it), and the best learning rates `tuner verify` measured
+    at held-out batch sizes."""
     verified = [(b.batch_size, b.best_lr) for b in result.verify.batches if b.best_lr] if result.verify else []
     shown = [*result.batch_sizes, *(b for b, _ in verified)]
     low, high = min(shown) / RANGE, max(shown) * RANGE
@@ -91,7 +95,8 @@ def figure_series(result: FitResult) -> FigureSeries:
         title=f"Optimal learning rate vs batch size: {result.study}", x_range=(low, high),
         batch_sizes=list(result.batch_sizes), optima=optima,
         missing=[o.batch_size for o in result.optima if o.lr is None], curves=curves,
-        bends=_bends(result, (low, high)), verified=verified)
+        bends=_bends(result, (low, high)), verified=verified,
+        own=[(o.batch_size, o.own_lr) for o in result.optima if o.own_lr is not None])
 
 
 def _bends(result: FitResult, x_range: tuple[float, float]) -> list[tuple[float, str, str]]:
@@ -120,6 +125,11 @@ def make_figure(result: FitResult):
             marker={"size": 9, "symbol": "circle" if points.usable else "circle-open", "color": "black"},
             error_y={"type": "data", "symmetric": False, "array": np.asarray(points.high) - lr,
                      "arrayminus": lr - np.asarray(points.low)}))
+    if series.own:
+        sizes, lrs = zip(*series.own)
+        figure.add_trace(go.Scatter(x=sizes, y=lrs, mode="markers", name=OWN_LABEL,
+                                    hovertemplate="B=%{x}: its trials alone, lr %{y:.3g}<extra></extra>",
+                                    marker={"size": 8, "symbol": "x-thin-open", "color": OWN_COLOR}))
     if series.verified:
         sizes, lrs = zip(*series.verified)
         figure.add_trace(go.Scatter(x=sizes, y=lrs, mode="markers", name=VERIFIED_LABEL,
@@ -170,6 +180,9 @@ def png_figure(result: FitResult):
         ax.errorbar(points.batch_sizes, points.lr, yerr=[lr - np.asarray(points.low), np.asarray(points.high) - lr],
                     fmt="o", color="black", markerfacecolor="black" if points.usable else "white", capsize=3,
                     label=points.label, zorder=4)
+    if series.own:
+        sizes, lrs = zip(*series.own)
+        ax.plot(sizes, lrs, "x", color=OWN_COLOR, markersize=6, label=OWN_LABEL, zorder=5)
     if series.verified:
         sizes, lrs = zip(*series.verified)
         ax.plot(sizes, lrs, "D", color=VERIFIED_COLOR, markersize=7, label=VERIFIED_LABEL, zorder=5)
@@ -191,7 +204,8 @@ def png_figure(result: FitResult):
     ax.set_title(series.title.replace("$", r"\$"))
     ax.grid(True, which="major", color="0.92")
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "no complete", "best")))
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("optimum", "its trials", "no complete",
+                                                                               "best")))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
               bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     return figure
