@@ -228,7 +228,7 @@ def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optim
     y = np.log([o.vertex for o in usable])
     reach = [_reach(y, cost_x, cost, side) for side in (0, 1)]
     reach = [np.where(np.isfinite(r), r, Z95 * spread) for r, spread in zip(reach, (low, high))]
-    return Optima(np.log([o.batch_size for o in usable]), y, low, high, np.asarray(floor), np.asarray(ceiling),
+    return Optima(np.log([o.batch_size for o in usable]), y, low, high, floor, ceiling,
                   room_low, room_high, cost_x, cost, *reach)
 
 
