@@ -522,6 +522,24 @@ def test_a_batch_size_at_chance_everywhere_has_no_signal_and_is_left_out_of_the_
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_batch_size_without_signal_takes_the_rule_across_the_stretch_its_runs_did_not_reach(seed):
+    # held-out shape 44: an accuracy at chance at every run, all of them ×0.0001 to ×0.1 of the
+    # optimum, and a divergence ×19 above it. Its interval ends at its highest run, and the blow-up's
+    # mirror below that run lay ×0.0005 below the optimum: held by either, the learning rate to use
+    # stayed far below the rule that the other batch sizes' valleys agree on
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(direction="maximize")
+    background(study, sizes=(16, 32, 64, 128), maximize=True)
+    optimum = 1e-3 * 512
+    for lr in np.geomspace(1e-4, 0.1, 12) * optimum:
+        study.add_trial(trial({"batch_size": 512, "lr": float(lr)}, value=0.1 + 0.005 * rng.standard_normal()))
+    study.add_trial(trial({"batch_size": 512, "lr": 19 * optimum}, state=TrialState.PRUNED, outcome="diverged"))
+    flat = next(o for o in fit_study(study).optima if o.batch_size == 512)
+    assert NO_SIGNAL in flat.flags and flat.own_lr < 0.1 * optimum
+    assert factor(flat.lr, optimum) < 1.2, flat.lr / optimum
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("gap", "no_signal"), [(1.5, False), (20.0, True)])
 def test_a_flat_level_far_below_a_divergence_has_no_signal_and_one_close_below_it_is_the_floor(gap, no_signal, seed):
     # an accuracy at chance up to the highest run that trained, then a divergence: far above it, a valley

@@ -251,7 +251,10 @@ def _short_of_blow_up(optimum: BatchOptimum, trials: BatchTrials) -> float:
     sizes, a rule presses against the last run that trained wherever the other batch sizes pull it
     up (the digits MLP with momentum, B=8: the square-root rule at ×1.93 of the optimum, the run
     there trained and the one at ×2.31 blew up; at ×2.0 every seed of the grid's ended 2 to 195
-    times the optimum's loss)."""
+    times the optimum's loss). A batch size whose trials cannot place its optimum (not ``usable``)
+    takes the rule's learning rate, and there the gap's middle bounds it: the mirror hedges a narrow
+    gap, and across a wide one it put the rule out of reach (held-out shape 44, an accuracy at chance
+    everywhere between runs ×0.0001 and ×0.1 of the optimum and a divergence at ×19: ×0.0005)."""
     if not len(trials.x):
         return math.inf
     trained = float(trials.x.max())
@@ -259,6 +262,8 @@ def _short_of_blow_up(optimum: BatchOptimum, trials: BatchTrials) -> float:
     blown = blown[blown > trained]
     if not len(blown):
         return math.inf
+    if not optimum.usable:
+        return (trained + float(blown.min())) / 2
     return max(2 * trained - float(blown.min()), math.log(optimum.lr), math.log(optimum.vertex))
 
 
