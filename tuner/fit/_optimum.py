@@ -871,7 +871,8 @@ def _window(groups: Groups, best: int, candidates: np.ndarray, noise: float | No
     """Of the candidates, those out to the first learning rate on each side that did clearly worse
     than the best (it included: the valley's wall), and at least MIN_FIT nearest the best. Where the
     valley is flat within noise, the model must reach its walls to see where the bottom is; where
-    trials crowd around the optimum, it need not stretch across the whole valley."""
+    trials crowd around the optimum, it need not stretch across the whole valley. ``at_edge``: the
+    best is the last run that trained below a divergence (``_Batch.at_edge``)."""
     x = groups.x
     worse = clearly_worse(groups, best, noise)
     reachable = candidates

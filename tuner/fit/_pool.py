@@ -52,6 +52,6 @@ def pooled(optima: list[BatchOptimum], rule: Rule, limits: dict[int, tuple[float
 def _kept(optimum: BatchOptimum, target: float, floor: float, ceiling: float) -> BatchOptimum:
     """``optimum`` with its learning rate moved to ``target`` (log), or as near as ``floor`` and
     ``ceiling`` allow."""
-    if floor > ceiling:  # its interval lies beyond its limits: nowhere to go but its own
+    if floor > ceiling:  # nowhere between them (its interval lies beyond its limits): it keeps its own
         return optimum
     return optimum.model_copy(update={"lr": math.exp(min(max(target, floor), ceiling)), "own_lr": optimum.lr})
