@@ -114,6 +114,24 @@ def test_a_full_disk_under_sqlite_stops_the_run_saying_so(tmp_path):
             storage.engine.dispose()  # the file must be closed before its filesystem is unmounted
 
 
+
+def test_a_connection_lost_inside_a_transaction_is_said_so_not_in_sqlalchemys_words():
+    # a PostgreSQL server stopped mid-write: depending on the moment, SQLAlchemy's next use of the
+    # session raises "Can't reconnect until invalid transaction is rolled back. Please rollback()..."
+    from sqlalchemy.exc import PendingRollbackError
+
+    from tuner.runner import _storage_failure
+
+    try:
+        try:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back.", None, None)
+        except PendingRollbackError as lost:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from lost
+    except optuna.exceptions.StorageInternalError as wrapped:
+        failure = _storage_failure(wrapped)
+    assert str(failure) == ("the study's storage failed to write: the connection to the database was lost "
+                            "inside a transaction; the trials finished before it are kept")
+
 # --- 2. a file that is not a storage -----------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"hello\n", b"my notes\nline two\n", bytes(range(256)) * 4])

@@ -28,7 +28,7 @@ from optuna.pruners import BasePruner, NopPruner
 from optuna.samplers import RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
 
 from tuner.errors import InputError, Interrupted, Stopped, StorageFailing, WorkloadFailing
 from tuner.fit import FitResult, fit_study, load_fit, save_fit
@@ -287,9 +287,14 @@ def objective_for(spec: StudySpec, workload: Workload, watch: _Watch | None = No
 
 
 def _root_cause(error: BaseException) -> str:
-    """The database's own words (``database or disk is full``), not Optuna's guess that wraps them."""
+    """The database's own words (``database or disk is full``), not Optuna's guess that wraps them.
+    Where the connection dropped inside a transaction, SQLAlchemy's words are about its own session
+    ("Can't reconnect until invalid transaction is rolled back"), which a user cannot act on: say
+    what happened instead."""
     while error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, PendingRollbackError):
+        return "the connection to the database was lost inside a transaction"
     return str(getattr(error, "orig", None) or error).splitlines()[0]
 
 
