@@ -114,7 +114,6 @@ def test_a_full_disk_under_sqlite_stops_the_run_saying_so(tmp_path):
             storage.engine.dispose()  # the file must be closed before its filesystem is unmounted
 
 
-
 def test_a_connection_lost_inside_a_transaction_is_said_so_not_in_sqlalchemys_words():
     # a PostgreSQL server stopped mid-write: depending on the moment, SQLAlchemy's next use of the
     # session raises "Can't reconnect until invalid transaction is rolled back. Please rollback()..."
@@ -131,6 +130,7 @@ def test_a_connection_lost_inside_a_transaction_is_said_so_not_in_sqlalchemys_wo
         failure = _storage_failure(wrapped)
     assert str(failure) == ("the study's storage failed to write: the connection to the database was lost "
                             "inside a transaction; the trials finished before it are kept")
+
 
 # --- 2. a file that is not a storage -----------------------------------------------------------------
 
