@@ -800,11 +800,14 @@ def test_reference_batch_size_anchors_the_textbook_rules():
         fit_study(study, reference_batch_size=100)
 
 
-def test_too_few_batch_sizes_raise_an_input_error_naming_them():
-    study = grid_study(1.0, sizes=[16, 32])
+def test_too_few_batch_sizes_raise_an_input_error_naming_them_with_the_optima_found():
+    study = grid_study(1.0, sizes=[16, 32])  # lr* = 0.01 at B=16, 0.02 at B=32
     study.add_trial(trial({"batch_size": 64, "lr": 0.1}, state=TrialState.PRUNED))
-    with pytest.raises(InputError, match=r"3 or more batch sizes.*B=16, 32.*B=64 has no complete trial"):
+    with pytest.raises(InputError, match=r"3 or more batch sizes.*B=16 \(lr .*\), 32 \(lr .*\).*"
+                                         r"B=64 has no complete trial") as raised:
         fit_study(study)
+    found = [float(lr) for lr in re.findall(r"\(lr ([0-9.e-]+)\)", str(raised.value))]
+    assert found == [pytest.approx(0.01, rel=0.05), pytest.approx(0.02, rel=0.05)]
 
 
 def test_empty_and_multi_objective_studies_raise_input_errors():

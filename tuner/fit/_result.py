@@ -327,7 +327,8 @@ def _not_enough(name: str, optima: list[BatchOptimum]) -> str:
     if not any(o.n_trials for o in optima):
         return (f"study '{name}' has no finished trials with params 'batch_size' and 'lr'; "
                 "run `tuner run` first")
-    usable = [str(o.batch_size) for o in optima if o.usable]
+    # the optima found are still worth having: the user may run them without a rule
+    usable = [f"{o.batch_size} (lr {o.lr:.3g})" for o in optima if o.usable]
     reasons = []
     for o in optima:
         if NO_COMPLETE in o.flags:
