@@ -545,26 +545,30 @@ def test_a_trial_that_has_not_trained_is_never_pruned():
     assert not BatchSizePruner(MedianPruner(n_startup_trials=1)).prune(study, untrained)
 
 
-def chance_plateau(run):
-    """An accuracy at chance (0.1, barely varying) except within about ×2 of 1e-3 B, where it climbs
-    to 0.9 (3% noise); diverges ×2.5 above the optimum."""
-    z = math.log(run.lr / true_optimum(run.batch_size))
-    if z > math.log(2.5):
-        return math.nan
-    score = 0.1 + 0.8 * math.exp(-4 * z * z)
-    value = score + (0.001 + 0.03 * (score - 0.1)) * np.random.default_rng(run.seed).standard_normal()
-    run.report(1000, value)
-    return value
+def chance_plateau(at_chance=0.001):
+    """An accuracy at chance (0.1, varying by ``at_chance``) except within about ×2 of 1e-3 B, where it
+    climbs to 0.9 (3% noise); diverges ×2.5 above the optimum."""
+    def train(run):
+        z = math.log(run.lr / true_optimum(run.batch_size))
+        if z > math.log(2.5):
+            return math.nan
+        score = 0.1 + 0.8 * math.exp(-4 * z * z)
+        value = score + (at_chance + 0.03 * (score - 0.1)) * np.random.default_rng(run.seed).standard_normal()
+        run.report(1000, value)
+        return value
+
+    return train
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_batch_size_whose_runs_all_scored_chance_looks_where_the_valley_may_be(storage, seed):
+@pytest.mark.parametrize(("seed", "at_chance"), [(1, 0.001), (2, 0.001), (1, 0.004), (3, 0.004)])
+def test_a_batch_size_whose_runs_all_scored_chance_looks_where_the_valley_may_be(storage, seed, at_chance):
     # the valley spans a ninth of the range (log): a batch size's first runs often all miss it, and
     # refining around the luckiest chance-level run measured noise for the rest of the study (one or
     # two of the six batch sizes in five of six seeds, before): it must look where its neighbours
-    # found theirs, or where nothing ran
+    # found theirs, or where nothing ran. Chance-level runs that vary by 4% of chance (0.5% of the
+    # score's range) are as flat as any rule cares: judged against chance alone, they looked apart
     sizes = [8, 16, 32, 64, 128, 256]
-    study = run(storage, chance_plateau, study={"n_trials": 96, "direction": "maximize", "seed": seed},
+    study = run(storage, chance_plateau(at_chance), study={"n_trials": 96, "direction": "maximize", "seed": seed},
                 search={"batch_sizes": sizes, "lr": [1e-5, 10.0]})
     result = fit_study(study)
     for b in sizes:

@@ -16,7 +16,7 @@ from tuner.fit._optimum import MIN_FIT, NO_SIGNAL, PRIOR_DF, QUADRATIC, TOLERATE
 from tuner.search._hint import lr_hint
 from tuner.search._valley import ValleySampler, _single_objective, fit_of, study_noise
 from tuner.search._view import BatchSizeView
-from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR, by_batch_size
+from tuner.trials import BATCH_SIZE, INFEASIBLE_ATTR, LR, Outcome, by_batch_size, outcome_of
 
 # Every trial takes its batch size's turn, failed ones too: otherwise a batch size where some
 # learning rates crash would be retried until it took every trial.
@@ -104,11 +104,12 @@ class BatchSizeSampler(BaseSampler):
             neighbours = lr_hint(study, batch_size)
             # the noise as the repeated runs of every batch size measure it, and how many repeats
             # each batch size owes so that together they measure it (PRIOR_DF degrees of freedom)
-            noise = study_noise(study._get_trials(deepcopy=False, use_cache=True),
-                                study.direction == StudyDirection.MAXIMIZE)
+            trials = study._get_trials(deepcopy=False, use_cache=True)
+            maximize = study.direction == StudyDirection.MAXIMIZE
             view = BatchSizeView(study, batch_size, lr_hint=neighbours if self._warm_start else None,
-                                 neighbours_lr=neighbours, noise_prior=noise,
-                                 repeats_wanted=math.ceil(PRIOR_DF / len(self._batch_sizes)))
+                                 neighbours_lr=neighbours, noise_prior=study_noise(trials, maximize),
+                                 repeats_wanted=math.ceil(PRIOR_DF / len(self._batch_sizes)),
+                                 best_value_anywhere=_best_value(trials, maximize))
             return self._lr_sampler.sample_independent(view, trial, param_name, param_distribution)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
@@ -137,6 +138,12 @@ class BatchSizeSampler(BaseSampler):
             raise ValueError(f"batch size {batch_size} is outside the objective's distribution "
                              f"{distribution}; ask for batch_size over the sampler's batch sizes")
         return batch_size
+
+
+def _best_value(trials: Sequence[FrozenTrial], maximize: bool) -> float | None:
+    """The best final value of any complete run in the study (None before one completed)."""
+    values = [t.value for t in trials if outcome_of(t) == Outcome.COMPLETE and math.isfinite(t.value)]
+    return (max if maximize else min)(values, default=None)
 
 
 def _weight(trials: Sequence[FrozenTrial], direction: StudyDirection) -> float:

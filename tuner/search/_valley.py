@@ -74,7 +74,8 @@ class ValleySampler(BaseSampler):
        ``replicates=0``.
     4. **Look for the valley** (before bracketing) where no run did better than the others
        (``tuner.fit`` flags ``no-signal``, or every learning rate run over ×4 did within 2% of the
-       best: an accuracy on its chance plateau): the best run is the luckiest of the noise, so the
+       metric at an optimum, as this batch size's best or the study's ``best_value_anywhere`` puts
+       it: an accuracy on its chance plateau): the best run is the luckiest of the noise, so the
        next trial goes where the neighbouring batch sizes found their optimum (the study's
        ``neighbours_lr``, as ``BatchSizeSampler`` hands it over) unless a run lies within ×2 of it,
        else into the widest stretch not yet run below the lowest divergence.
@@ -168,7 +169,8 @@ class ValleySampler(BaseSampler):
         above = min([x for x in ran if x > x_best] + [math.inf])
         below = max([x for x in ran if x < x_best] + [-math.inf])
         fit = fit_of(earlier, sign < 0, name, replicated=getattr(study, "noise_prior", None))
-        no_signal = (fit is not None and NO_SIGNAL in fit.flags) or _indistinct(complete, name, sign)
+        no_signal = ((fit is not None and NO_SIGNAL in fit.flags)
+                     or _indistinct(complete, name, sign, getattr(study, "best_value_anywhere", None)))
         # where the trials so far put the optimum (``tuner.fit``'s estimate): with noise, the best single
         # trial is often a lucky one, and refining around it keeps the search on one side
         fit = fit if fit is not None and fit.lr is not None and fit.method in (QUADRATIC, BEST_TRIALS) else None
@@ -348,17 +350,22 @@ def _spikes(g: Groups, noise: float) -> np.ndarray:
     return spike
 
 
-def _indistinct(complete: Sequence[FrozenTrial], name: str, sign: float) -> bool:
-    """Every learning rate run so far, over at least ×4, did within TOLERATED (2%) of the best: as
-    good as one another for any rule, and perhaps all on a plateau. An accuracy at chance varies
-    little from run to run, so the noise measured there calls every difference real, and the
-    search refined around the luckiest of them (held-out shape 4: 0.5015 against 0.499); the
-    valley, wherever it is, lies where nothing ran yet."""
+def _indistinct(complete: Sequence[FrozenTrial], name: str, sign: float, anywhere: float | None = None) -> bool:
+    """Every learning rate run so far, over at least ×4, did within TOLERATED (2%) of the metric at
+    an optimum: as good as one another for any rule, and perhaps all on a plateau. An accuracy at
+    chance varies little from run to run, so the noise measured there calls every difference real,
+    and the search refined around the luckiest of them (held-out shape 4: 0.5015 against 0.499);
+    the valley, wherever it is, lies where nothing ran yet. The metric at an optimum is the larger
+    (in size) of this batch size's best and the best ``anywhere`` in the study: runs stuck at
+    chance have not seen their optimum's level, their neighbours have. (Held-out shapes 228, 299,
+    370, 404, accuracies at chance 0.1 that varied by 0.005-0.02 where others reached 0.9: judged
+    against 0.1 they looked apart, and a batch size refined at chance for 11-25 trials, ×0.0002 to
+    ×0.03 of the optimum, 33-82% lost.) A positive loss's best anywhere is never larger than its own."""
     means = _mean_by_lr(complete, name, sign)
     if len(means) < MIN_COMPLETE or max(means) - min(means) < MIN_SIGNAL_SPAN:
         return False
     best, worst = min(means.values()), max(means.values())
-    return worst - best <= TOLERATED * abs(best)
+    return worst - best <= TOLERATED * max(abs(best), abs(anywhere or 0.0))
 
 
 def _best_on_average(complete: Sequence[FrozenTrial], name: str, sign: float) -> float:

@@ -27,12 +27,14 @@ class BatchSizeView:
     (``ValleySampler`` looks there once where its own search has lost the valley), or None.
     ``noise_prior``: the noise the study's repeated runs measure over all batch sizes
     (``ValleySampler``'s fit reads its noise from it), or None. ``repeats_wanted``: how many times
-    this batch size repeats its best run to measure the noise.
+    this batch size repeats its best run to measure the noise. ``best_value_anywhere``: the best final
+    value any batch size's runs reached (the metric's level near an optimum), or None.
     """
 
     def __init__(self, study: optuna.Study, batch_size: int, cached: bool = False,
                  lr_hint: float | None = None, noise_prior: NoisePrior | None = None,
-                 repeats_wanted: int = 1, neighbours_lr: float | None = None) -> None:
+                 repeats_wanted: int = 1, neighbours_lr: float | None = None,
+                 best_value_anywhere: float | None = None) -> None:
         self._study = study
         self._batch_size = batch_size
         self._cached = cached
@@ -40,6 +42,7 @@ class BatchSizeView:
         self.neighbours_lr = neighbours_lr
         self.noise_prior = noise_prior
         self.repeats_wanted = repeats_wanted
+        self.best_value_anywhere = best_value_anywhere
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)
