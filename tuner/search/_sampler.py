@@ -102,8 +102,9 @@ class BatchSizeSampler(BaseSampler):
         if param_name == LR and BATCH_SIZE in trial.params:
             batch_size = trial.params[BATCH_SIZE]
             neighbours = lr_hint(study, batch_size)
-            # the noise as the repeated runs of every batch size measure it, and how many repeats
-            # each batch size owes so that together they measure it (PRIOR_DF degrees of freedom)
+            # the noise as the repeated runs of every batch size measure it, how many repeats each
+            # batch size owes so that together they measure it (PRIOR_DF degrees of freedom), and the
+            # metric's level near an optimum (a batch size stuck at chance has not seen it)
             trials = study._get_trials(deepcopy=False, use_cache=True)
             maximize = study.direction == StudyDirection.MAXIMIZE
             view = BatchSizeView(study, batch_size, lr_hint=neighbours if self._warm_start else None,
