@@ -81,9 +81,9 @@ MAD_NORMAL = 0.6744898  # the median of |z| for a standard normal z
 EDGE_LOW, EDGE_HIGH, FEW_TRIALS, NO_COMPLETE = "edge-low", "edge-high", "few-trials", "no-complete-trials"
 NO_SIGNAL = "no-signal"  # no learning rate did better than the others beyond noise
 NO_VALLEY = "no-valley"  # trials enough, but the best's neighbours did far worse and the runs rise and fall
-LUCKY_EDGE = "lucky-edge"  # the best is one run, the last below a divergence, beyond noise better than those below it
+LUCKY_EDGE = "lucky-edge"  # the best run, the last below a divergence, was a lucky survivor: set aside
 INFEASIBLE = "out-of-memory"  # the batch size did not fit in memory (the study lists it in infeasible_batch_sizes)
-UNPLACED = frozenset({EDGE_LOW, EDGE_HIGH, INFEASIBLE, NO_SIGNAL, NO_VALLEY, LUCKY_EDGE})  # left out of the rules
+UNPLACED = frozenset({EDGE_LOW, EDGE_HIGH, INFEASIBLE, NO_SIGNAL, NO_VALLEY})  # left out of the rules
 QUADRATIC, BEST_TRIALS, BEST_TRIAL, NONE = "local-quadratic", "best-trials", "best-trial", "none"
 
 
@@ -522,6 +522,12 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
                             method=NONE, **counts)
     noise = batch.noise(prior, replicated)
     groups, best = batch.groups, batch.best
+    if _lucky_at_edge(batch, noise):  # counted as the run that blew up it nearly was; the rest say where
+        aside = _set_aside(trials, groups.x[best])
+        optimum = _estimate(aside, replace(_Batch.of(aside, maximize), wall=batch.wall), prior, maximize,
+                            lr_range, rng, asymmetric, replicated)
+        flags = optimum.flags if LUCKY_EDGE in optimum.flags else (*optimum.flags, LUCKY_EDGE)
+        return optimum.model_copy(update={"flags": flags, **counts})
     if batch.candidates is None:
         estimate, interval, method = _best_trial(groups.x[best], batch.tried, batch.cliff, lr_range)
         valley, bracket, vertex = _interpolated(groups, noise, estimate, batch.cliff), interval, estimate
@@ -539,7 +545,6 @@ def _estimate(trials: BatchTrials, batch: _Batch | None, prior: NoisePrior | Non
     alone = (method == BEST_TRIAL and len(trials.x) >= FEW_COMPLETE and 0 < best < len(groups.x) - 1
              and not _one_valley(groups.mean, best))
     flags += (NO_VALLEY,) if alone else ()
-    flags += (LUCKY_EDGE,) if _lucky_at_edge(batch, noise) else ()
     baseline = None if trials.baseline is None else sign * trials.baseline
     if _no_signal(groups, best, noise, baseline, batch.cliff):
         flags += (NO_SIGNAL,)
@@ -1060,6 +1065,12 @@ def _lucky_at_edge(batch: _Batch, noise: float | None) -> bool:
     line = np.linalg.solve(weighted, design.T @ (groups.count[below] * groups.mean[below]))
     spread = math.sqrt(1.0 + np.linalg.solve(weighted, [1.0, 0.0])[0])  # one run against the line's end
     return bool(groups.mean[best] < line[0] - WORSE_Z * noise * spread)
+
+
+def _set_aside(trials: BatchTrials, x: float) -> BatchTrials:
+    """The trials with the complete run at log-lr ``x`` counted as one that diverged."""
+    keep = trials.x != x
+    return replace(trials, x=trials.x[keep], value=trials.value[keep], diverged_x=np.r_[trials.diverged_x, x])
 
 
 def _one_valley(mean: np.ndarray, best: int) -> bool:

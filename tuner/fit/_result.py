@@ -18,7 +18,6 @@ from tuner.fit._optimum import (
     EDGE_HIGH,
     EDGE_LOW,
     INFEASIBLE,
-    LUCKY_EDGE,
     MARGIN,
     NO_COMPLETE,
     NO_SIGNAL,
@@ -236,9 +235,8 @@ def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optim
 def _limits(optimum: BatchOptimum, trials: BatchTrials) -> tuple[float, float]:
     """Where a rule may put this batch size's learning rate (log-lr): inside its bracket (never where a
     run did clearly worse; a batch size without signal has none: as a whole its runs did no better
-    anywhere than the noise explains; nor one whose best is a lucky survivor on a stability edge: its
-    runs did clearly worse than that luck only) and short of a blow-up."""
-    bracket = optimum.bracket if optimum.bracket and not {NO_SIGNAL, LUCKY_EDGE} & set(optimum.flags) else (None, None)
+    anywhere than the noise explains) and short of a blow-up."""
+    bracket = optimum.bracket if optimum.bracket and NO_SIGNAL not in optimum.flags else (None, None)
     floor = math.log(bracket[0]) if bracket[0] else -math.inf
     ceiling = math.log(bracket[1]) if bracket[1] else math.inf
     return floor, min(ceiling, _short_of_blow_up(optimum, trials))
@@ -342,8 +340,6 @@ def _not_enough(name: str, optima: list[BatchOptimum]) -> str:
             reasons.append(f"B={o.batch_size} shows no signal (train longer or widen the LR range)")
         elif NO_VALLEY in o.flags:
             reasons.append(f"B={o.batch_size}'s optimum rests on one learning rate (run more trials)")
-        elif LUCKY_EDGE in o.flags:
-            reasons.append(f"B={o.batch_size}'s best run is a lucky survivor below a divergence (run more trials)")
     have = f"only at B={', '.join(usable)}" if usable else "at none"
     return (f"study '{name}': fitting a rule needs the optimal LR at {MIN_BATCH_SIZES} or more batch sizes, "
             f"found it {have}" + (f"; {'; '.join(reasons)}" if reasons else ""))

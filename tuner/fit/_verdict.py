@@ -230,10 +230,10 @@ def warnings_for(optima: list[BatchOptimum], lr_range: tuple[float, float]) -> l
                          "so its optimum rests on that one learning rate's runs, which may be a lucky seed "
                          "(left out of the rules). Run more trials: raise n_trials and run the study again.")
         if LUCKY_EDGE in o.flags:
-            notes.append(f"B={o.batch_size}: lucky edge: the best run (lr={o.best_lr:.3g}) is the last that trained "
-                         "below a divergence and did better than the runs below it by more than noise explains: a "
-                         "lucky survivor where some runs blow up, not an optimum (left out of the rules). Run more "
-                         "trials (raise n_trials and run the study again) before using that learning rate.")
+            notes.append(f"B={o.batch_size}: lucky edge: its best run was the last that trained below a divergence "
+                         "and did better than the runs below it by more than noise explains: a lucky survivor where "
+                         "some runs blow up. It is counted as a run that blew up, and the optimum is read from the "
+                         "runs below it; do not use a learning rate that high at this batch size.")
         if not o.usable and o.own_lr is not None:
             notes.append(f"B={o.batch_size}: its trials cannot place the optimum, so the learning rate to use there, "
                          f"lr={o.lr:.3g}, is moved from its own trials' {o.own_lr:.3g} to the recommended rule's, "
@@ -289,8 +289,6 @@ def _share(rule: Rule, i: int, optimum: BatchOptimum, errors: float = 0.0) -> fl
     share of its best value (inf: diverges)."""
     if rule.diverges[i]:
         return math.inf
-    if LUCKY_EDGE in optimum.flags:
-        return None  # priced against a lucky survivor, a cost overstates what following the rule loses
     cost, se = rule.metric_cost[i], (rule.metric_cost_se[i] if rule.metric_cost_se else None) or 0.0
     return None if cost is None or not optimum.best_value else (cost + errors * se) / abs(optimum.best_value)
 
