@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -177,7 +178,7 @@ def fit_study(study: optuna.Study, *, reference_batch_size: int | None = None, s
     reference = _reference(usable, reference_batch_size)
     batch_sizes = [o.batch_size for o in optima]
     trials = {b.batch_size: b for b in data.batches}
-    fits = fit_rules(_optima(usable, trials), reference.batch_size)
+    fits = fit_rules(_optima(usable, trials, [o for o in optima if not o.usable]), reference.batch_size)
     rules = {name: Rule(**fit, **following(Rule(**fit), optima)) for name, fit in fits.items()}
     recommended = recommend(rules, optima)
     optima = pooled(optima, rules[recommended], {o.batch_size: _limits(o, trials[o.batch_size])
@@ -212,7 +213,8 @@ def _anchor(rule: Rule, reference: BatchOptimum, batch_sizes: list[int]) -> Rule
     return rule.model_copy(update={"anchored_lr": tuple(anchored(rule.name, reference, batch_sizes))})
 
 
-def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optima:
+def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials],
+            unplaced: Sequence[BatchOptimum] = ()) -> Optima:
     low, high = (np.maximum([o.spread[side] for o in usable], SIGMA_FLOOR) for side in (0, 1))
     floor, ceiling = (np.array(side) for side in zip(*(_limits(o, trials[o.batch_size]) for o in usable)))
     blow_up = np.array([_short_of_blow_up(o, trials[o.batch_size]) for o in usable])
@@ -228,8 +230,10 @@ def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials]) -> Optim
     y = np.log([o.vertex for o in usable])
     reach = [_reach(y, cost_x, cost, side) for side in (0, 1)]
     reach = [np.where(np.isfinite(r), r, Z95 * spread) for r, spread in zip(reach, (low, high))]
+    blown = [(o.batch_size, c) for o in unplaced if math.isfinite(c := _short_of_blow_up(o, trials[o.batch_size]))]
     return Optima(np.log([o.batch_size for o in usable]), y, low, high, floor, ceiling,
-                  room_low, room_high, cost_x, cost, *reach)
+                  room_low, room_high, cost_x, cost, *reach,
+                  unplaced_b=np.log([b for b, _ in blown]), unplaced_ceiling=np.array([c for _, c in blown]))
 
 
 def _limits(optimum: BatchOptimum, trials: BatchTrials) -> tuple[float, float]:
