@@ -1,13 +1,16 @@
 """How accurate is `tuner fit`? Studies run with the real tuner on workloads whose optimum is known exactly.
 
-    python benchmarks/fit_accuracy.py             # all three tables, 5 seeds (about two minutes)
-    python benchmarks/fit_accuracy.py --seeds 15  # steadier medians
+    python -m benchmarks.fit_accuracy             # all four tables, 5 seeds (about three minutes)
+    python -m benchmarks.fit_accuracy --seeds 15  # steadier medians
 
 1. The built-in noisy quadratic, 8 batch sizes 8…1024, 150 trials: per-batch optimum error (median
    and worst factor against the exact optimum), interval coverage, and each rule's worst factor.
 2. Synthetic losses whose optimum is lr = 0.01 (B/16)^alpha exactly (asymmetric valley, divergence
    cliff, 5% noise), 120 trials over 6 batch sizes: the alpha interval, its width and coverage.
-3. Fitting a study of 10,000 trials, loading it from each kind of storage included.
+3. A sweep as users run one: five learning rates a fixed step apart (×√2, ×2, ×3.16) at every batch
+   size of the panel's synthetic valleys, the optimum anywhere between two of them, one to three runs
+   each; `tuner fit`'s regret against the best run's and a plain quadratic's through every run.
+4. Fitting a study of 10,000 trials, loading it from each kind of storage included.
 
 A factor is exp(|log(estimate / truth)|): 1.00 is exact. Each summary is the median over seeds.
 """
@@ -185,6 +188,62 @@ def power_law_table(seeds: range, alphas=(1.0, 0.75, 0.5, 0.25, 0.0)) -> None:
     print("targets: alpha interval width ≤ 0.25 and holding the truth")
 
 
+def sweep_study(workload, step: float, runs: int, rng: np.random.Generator) -> tuple[optuna.Study, dict]:
+    """A sweep of a panel workload: at every batch size five learning rates ``step`` (log) apart around
+    the optimum times a factor within half a step, ``runs`` seeds each (a blow-up stored as an infinite
+    value). Also returns each batch size's runs as (log-lr, values)."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from benchmarks.panel_workloads import _oracle_run
+
+    study = optuna.create_study(direction="maximize" if workload.maximize else "minimize")
+    distributions = {"batch_size": IntDistribution(1, 4096, log=True),
+                     "lr": FloatDistribution(*workload.lr_range, log=True)}
+    swept = {}
+    for b in workload.batch_sizes:
+        x = math.log(workload.truth.optimum(b)) + rng.uniform(-step / 2, step / 2) + step * np.arange(-2, 3)
+        x = np.repeat(x, runs)
+        values = np.array([_oracle_run(workload, b, math.exp(xi), int(rng.integers(2**31))) for xi in x])
+        swept[b] = (x, values)
+        for xi, value in zip(x, values):
+            study.add_trial(create_trial(value=float(value), params={"batch_size": b, "lr": math.exp(xi)},
+                                         distributions=distributions))
+    return study, swept
+
+
+# (step between learning rates, runs at each): as users sweep
+SWEEPS = ((1.414, 3), (2.0, 1), (2.0, 3), (3.162, 2))
+
+
+def sweep_table(seeds: range, names=("valley-sqrt-5%", "valley-0.75-15%"), sweeps=SWEEPS) -> None:
+    from benchmarks.panel_workloads import _vertex, panel
+
+    workloads = {w.name: w for w in panel()}
+    print(f"\n3. A user's sweep: 5 learning rates a step apart at every batch size, the optimum anywhere between two; "
+          f"regret in % of the metric, {len(seeds)} seeds × 6 batch sizes")
+    print(f"{'workload':>16}  {'step':>5}  {'runs':>4}  {'tuner fit: median':>17}  {'95th':>6}  {'over 5%':>7}  "
+          f"{'best run: median':>16}  {'over 5%':>7}  {'plain quadratic: median':>23}  {'over 5%':>7}")
+    for name in names:
+        workload = workloads[name]
+        for step, runs in sweeps:
+            found = {"fit": [], "best": [], "quadratic": []}
+            for seed in seeds:
+                study, swept = sweep_study(workload, math.log(step), runs, np.random.default_rng(seed))
+                for optimum in fit_study(study).optima:
+                    b, (x, values) = optimum.batch_size, swept[optimum.batch_size]
+                    best = x[np.argmin(values)]
+                    for key, lr in (("fit", optimum.own_lr), ("best", math.exp(best)),
+                                    ("quadratic", math.exp(_vertex(x, values, best)))):
+                        found[key].append(100 * workload.truth.regret(b, lr) if lr else math.inf)
+            fit, best, plain = (np.array(found[k]) for k in ("fit", "best", "quadratic"))
+            tail = np.percentile(fit, 95, method="higher")  # a batch size without an estimate counts as infinite
+            print(f"{name:>16}  ×{step:<4.2f}  {runs:>4}  {np.median(fit):>16.1f}%  {tail:>5.1f}%  "
+                  f"{np.mean(fit > 5):>7.0%}  {np.median(best):>15.1f}%  {np.mean(best > 5):>7.0%}  "
+                  f"{np.median(plain):>22.1f}%  {np.mean(plain > 5):>7.0%}")
+    print("the plain quadratic knows no cliff: past one it loses everything (its 95th percentile is infinite)")
+
+
 def big_study(n_trials: int, storage, seed: int = 0) -> optuna.Study:
     """A study of ``n_trials`` finished trials over 8 batch sizes (power law 0.75), written directly."""
     from optuna.distributions import FloatDistribution, IntDistribution
@@ -216,7 +275,7 @@ def timing_table(n_trials: int = 10_000) -> None:
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
-    print(f"\n3. Fitting a study of {n_trials:,} trials over 8 batch sizes: seconds, loading the study included")
+    print(f"\n4. Fitting a study of {n_trials:,} trials over 8 batch sizes: seconds, loading the study included")
     folder = Path(tempfile.mkdtemp(prefix="fit-benchmark-"))
     storages = {
         "in-memory": InMemoryStorage,
@@ -239,6 +298,7 @@ def main() -> None:
     seeds = range(parser.parse_args().seeds)
     quadratic_table(seeds)
     power_law_table(seeds)
+    sweep_table(seeds)
     timing_table()
 
 
