@@ -233,7 +233,7 @@ def _optima(usable: list[BatchOptimum], trials: dict[int, BatchTrials],
     blown = [(o.batch_size, c) for o in unplaced if math.isfinite(c := _short_of_blow_up(o, trials[o.batch_size]))]
     return Optima(np.log([o.batch_size for o in usable]), y, low, high, floor, ceiling,
                   room_low, room_high, cost_x, cost, *reach,
-                  unplaced_b=np.log([b for b, _ in blown]), unplaced_ceiling=np.array([c for _, c in blown]))
+                  unplaced_log_b=np.log([b for b, _ in blown]), unplaced_ceiling=np.array([c for _, c in blown]))
 
 
 def _limits(optimum: BatchOptimum, trials: BatchTrials) -> tuple[float, float]:

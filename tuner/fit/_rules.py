@@ -143,7 +143,7 @@ class Optima:
     # the batch sizes left out (their trials cannot place an optimum) where runs blew up, and how high a
     # rule may go there (log): a rule fitted without them passed a blow-up their trials had measured
     # (held-out shape 898, B=128: the power law at ×3.5 of the optimum, above runs that diverged at ×3.1)
-    unplaced_b: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unplaced_log_b: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unplaced_ceiling: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def take(self, keep: np.ndarray) -> Optima:
@@ -218,7 +218,7 @@ def misfit(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.nda
 
 def _past_unplaced(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
     """How far the rule goes past the ceilings at the batch sizes left out, in units of OUTSIDE."""
-    predicted = log_model(name, theta, data.unplaced_b, log_ref)
+    predicted = log_model(name, theta, data.unplaced_log_b, log_ref)
     return np.maximum(predicted - data.unplaced_ceiling, 0.0) / OUTSIDE
 
 
