@@ -222,8 +222,8 @@ def sweep_table(seeds: range, names=("valley-sqrt-5%", "valley-0.75-15%"), sweep
     workloads = {w.name: w for w in panel()}
     print(f"\n3. A user's sweep: 5 learning rates a step apart at every batch size, the optimum anywhere between two; "
           f"regret in % of the metric, {len(seeds)} seeds × 6 batch sizes")
-    print(f"{'workload':>16}  {'step':>5}  {'runs':>4}  {'tuner fit: median':>17}  {'95th':>6}  {'over 5%':>7}  "
-          f"{'best run: median':>16}  {'over 5%':>7}  {'plain quadratic: median':>23}  {'over 5%':>7}")
+    print(f"{'':>16}  {'':>5}  {'':>4}  {'tuner fit':^24}  {'best run':^24}  {'plain quadratic':^24}")
+    print(f"{'workload':>16}  {'step':>5}  {'runs':>4}" + "  median    95th  over 5%" * 3)
     for name in names:
         workload = workloads[name]
         for step, runs in sweeps:
@@ -236,12 +236,15 @@ def sweep_table(seeds: range, names=("valley-sqrt-5%", "valley-0.75-15%"), sweep
                     for key, lr in (("fit", optimum.own_lr), ("best", math.exp(best)),
                                     ("quadratic", math.exp(_vertex(x, values, best)))):
                         found[key].append(100 * workload.truth.regret(b, lr) if lr else math.inf)
-            fit, best, plain = (np.array(found[k]) for k in ("fit", "best", "quadratic"))
-            tail = np.percentile(fit, 95, method="higher")  # a batch size without an estimate counts as infinite
-            print(f"{name:>16}  ×{step:<4.2f}  {runs:>4}  {np.median(fit):>16.1f}%  {tail:>5.1f}%  "
-                  f"{np.mean(fit > 5):>7.0%}  {np.median(best):>15.1f}%  {np.mean(best > 5):>7.0%}  "
-                  f"{np.median(plain):>22.1f}%  {np.mean(plain > 5):>7.0%}")
-    print("the plain quadratic knows no cliff: past one it loses everything (its 95th percentile is infinite)")
+            print(f"{name:>16}  ×{step:<4.2f}  {runs:>4}" + "".join(_regrets(np.array(found[key]))
+                                                                 for key in ("fit", "best", "quadratic")))
+    print("a batch size without an estimate, or past the cliff (the plain quadratic knows none), loses 'inf'")
+
+
+def _regrets(regret: np.ndarray) -> str:
+    """Median, 95th percentile (an infinite one stays infinite) and share over 5%, in one column group."""
+    return (f"  {np.median(regret):>5.1f}%  {np.percentile(regret, 95, method='higher'):>5.1f}%  "
+            f"{np.mean(regret > 5):>7.0%}")
 
 
 def big_study(n_trials: int, storage, seed: int = 0) -> optuna.Study:
