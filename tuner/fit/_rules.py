@@ -218,8 +218,7 @@ def misfit(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.nda
 
 def _past_unplaced(name: str, theta: np.ndarray, data: Optima, log_ref: float) -> np.ndarray:
     """How far the rule goes past the ceilings at the batch sizes left out, in units of OUTSIDE."""
-    predicted = log_model(name, theta, data.unplaced_log_b, log_ref)
-    return np.maximum(predicted - data.unplaced_ceiling, 0.0) / OUTSIDE
+    return _outside(log_model(name, theta, data.unplaced_log_b, log_ref), -np.inf, data.unplaced_ceiling)
 
 
 def _outside(predicted: np.ndarray, floor: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
