@@ -36,6 +36,9 @@ LINEAR, SQRT, POWER, SATURATING, SURGE = "linear", "sqrt", "power", "saturating"
 RULE_NAMES = (LINEAR, SQRT, POWER, SATURATING, SURGE)
 FIXED_ALPHA = {LINEAR: 1.0, SQRT: 0.5}
 N_PARAMS = {LINEAR: 1, SQRT: 1, POWER: 2, SATURATING: 2, SURGE: 2}
+# the rules each one holds as a special case or a limit: the power law at α = 1 and ½; the saturating
+# rule with its bend far above every batch size (linear); the surge with its peak there (square root)
+SPECIAL_CASES = {POWER: (LINEAR, SQRT), SATURATING: (LINEAR,), SURGE: (SQRT,)}
 # log of the shape (level 1) of the rules with a bend, as a function of log(bend) and log(B):
 # 1 / (1 + B_noise / B) and 1 / cosh(ln(B / B_peak) / 2)
 SHAPES = {SATURATING: lambda log_bend, log_b: -np.logaddexp(0.0, log_bend - log_b),
