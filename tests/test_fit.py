@@ -170,6 +170,35 @@ def test_recommendation_is_the_best_fit_or_its_special_case_when_the_data_cannot
     assert recommend(rules(linear=30.0, sqrt=9.5, power=20.0, saturating=8.0)) == "saturating"  # another family
 
 
+def test_a_special_case_is_preferred_only_where_the_better_fits_interval_reaches_it():
+    # what charlm-adamw's study measured: α = 0.28 (0.08…0.45), the square-root rule within BIC_TIE of
+    # the power law. Preferred as its special case, the verdict said "neither linear nor square-root"
+    # and recommended the square-root rule all the same
+    from tuner.fit._rules import N_PARAMS, Rule
+    from tuner.fit._verdict import recommend
+
+    def rule(name, bic, **interval):
+        return Rule(name=name, n_params=N_PARAMS[name], bic=bic, **interval)
+
+    def recommended(power_ci=None, noise_ci=None, peak_ci=None):
+        return recommend({"linear": rule("linear", 40.0), "sqrt": rule("sqrt", 10.5),
+                          "power": rule("power", 10.0, alpha_ci=power_ci),
+                          "saturating": rule("saturating", 30.0, b_noise_ci=noise_ci),
+                          "surge": rule("surge", 30.0, b_peak_ci=peak_ci)})
+
+    assert recommended(power_ci=(0.08, 0.45)) == "power"
+    assert recommended(power_ci=(0.3, 0.6)) == "sqrt"
+    # the rules with a bend hold theirs where the bend may lie beyond every batch size
+    def bent(name, special, ci):
+        field = "b_noise_ci" if name == "saturating" else "b_peak_ci"
+        return recommend({special: rule(special, 10.5), name: rule(name, 10.0, **{field: ci})})
+
+    assert bent("saturating", "linear", (50.0, 900.0)) == "saturating"
+    assert bent("saturating", "linear", (50.0, None)) == "linear"
+    assert bent("surge", "sqrt", (40.0, 300.0)) == "surge"
+    assert bent("surge", "sqrt", (1800.0, None)) == "sqrt"
+
+
 def test_a_rule_people_know_is_not_preferred_where_a_rule_that_fits_better_is_as_cheap():
     # the digits MLP with momentum, every run drawn from the 6-seed grid of real runs
     # (tests/data/mlp-momentum-replay-trials.json): the grid's optimum rises linearly from B=8 to

@@ -103,6 +103,16 @@ class Rule(Frozen):
             lr = self.lr_ref * (b / self.batch_size_ref) ** self.alpha
         return float(lr) if np.ndim(lr) == 0 else lr
 
+    def holds(self, special: str) -> bool:
+        """Whether this rule's 95% interval reaches ``special``, one of its ``SPECIAL_CASES``: the power
+        law's exponent interval holds its α, the saturating rule's B_noise (the surge's B_peak)
+        interval is unbounded above, where the rule is linear (square-root) over every batch size.
+        Without an interval, nothing rules it out."""
+        if self.name == POWER:
+            return self.alpha_ci is None or self.alpha_ci[0] <= FIXED_ALPHA[special] <= self.alpha_ci[1]
+        bend = self.b_noise_ci if self.name == SATURATING else self.b_peak_ci
+        return bend is None or bend[1] is None
+
     def formula(self, digits: int = 4) -> str:
         """The rule as code: ``lr = 0.31 * (B / 64) ** 0.74``, ``lr = 1.9 / (1 + 150 / B)``,
         ``lr = 2 * 0.05 / ((B / 256) ** 0.5 + (256 / B) ** 0.5)``."""

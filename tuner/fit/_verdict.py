@@ -39,15 +39,17 @@ RULE_LABELS = {LINEAR: "linear rule", SQRT: "square-root rule", POWER: "power la
 def recommend(rules: dict[str, Rule], optima: list[BatchOptimum] | None = None) -> str:
     """Among the rules the data cannot tell apart (within BIC_TIE of the best), those that lose about
     the least metric at their worst batch size measured (within TOLERATED of it, or twice it); of
-    those the one with the lowest BIC, or the best of its special cases among them (``SPECIAL_CASES``).
-    Without ``optima``, no costs."""
+    those the one with the lowest BIC, or the best of its special cases among them (``SPECIAL_CASES``)
+    where the data cannot tell the two apart: its 95% interval reaches the special case
+    (``Rule.holds``). Otherwise the verdict would call α "neither linear nor square-root" and recommend
+    the square-root rule as the power law's special case all the same. Without ``optima``, no costs."""
     best = min(rule.bic for rule in rules.values())
     close = [name for name, rule in rules.items() if rule.bic <= best + BIC_TIE]
     worst = {name: _worst_cost(rules[name], optima) for name in close}
     least = min(worst.values())
     cheap = [name for name in close if worst[name] <= max(least + TOLERATED, 2 * least)]
     chosen = min(cheap, key=lambda name: rules[name].bic)
-    simpler = [name for name in cheap if name in SPECIAL_CASES.get(chosen, ())]
+    simpler = [name for name in cheap if name in SPECIAL_CASES.get(chosen, ()) and rules[chosen].holds(name)]
     return min(simpler, key=lambda name: rules[name].bic) if simpler else chosen
 
 
@@ -158,8 +160,9 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
             + (f"consistent with {' and with '.join(agree)}." if agree
                else "neither linear (α=1) nor square-root (α=0.5) scaling."))
     if recommended in FIXED_ALPHA and not low <= FIXED_ALPHA[recommended] <= high:
-        # recommend() prefers a special case of the best fit, or keeps only the rules that cost about
-        # the least to follow: say so, or the verdict reads as recommending a rule its own interval rules out
+        # recommend() keeps only the rules that cost about the least to follow, and of those the lowest
+        # BIC, which can be a fixed exponent outside the power law's interval: say so, or the verdict
+        # reads as recommending a rule its own interval rules out
         text += (f" The {RULE_LABELS[recommended]} is recommended all the same: the data cannot tell it from "
                  "the rules that fit better, or those cost more to follow.")
     floor = saturating.b_noise_ci[0]
