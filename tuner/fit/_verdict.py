@@ -159,7 +159,7 @@ def _exponent(power: Rule, saturating: Rule, recommended: str) -> str:
     text = (f"The fitted exponent is α={alpha:.2f} ({alpha_interval(power)}): "
             + (f"consistent with {' and with '.join(agree)}." if agree
                else "neither linear (α=1) nor square-root (α=0.5) scaling."))
-    if recommended in FIXED_ALPHA and not low <= FIXED_ALPHA[recommended] <= high:
+    if recommended in FIXED_ALPHA and not power.holds(recommended):
         # recommend() keeps only the rules that cost about the least to follow, and of those the lowest
         # BIC, which can be a fixed exponent outside the power law's interval: say so, or the verdict
         # reads as recommending a rule its own interval rules out
